@@ -1,0 +1,1 @@
+"""Typer commands. Thin by design: parse flags → resolve settings → call the library → render."""

@@ -1,0 +1,46 @@
+"""The `sempt` command: registers the sub-commands and turns `SemptError` into a one-line message."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sempt_cli import __version__
+from sempt_cli.cli import config
+from sempt_cli.cli.errors import report
+from sempt_cli.errors import SemptError
+
+app = typer.Typer(
+    name="sempt",
+    help="Semantic Prompt Tuning (SemPT) and the CLIP prompt learners it builds on.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    add_completion=False,
+)
+app.add_typer(config.app, name="config")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sempt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Reproduce, extend and ablate SemPT on strong CLIP prompt-learning baselines."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SemptError as error:
+        report(error)
+        raise SystemExit(2) from None

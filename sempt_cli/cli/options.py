@@ -1,0 +1,94 @@
+"""Generate Typer options from the settings model, so flags never drift from the settings they set.
+
+`@settings_options("data", "model")` adds one `--flag` per leaf setting of those sections (booleans get a
+`--flag/--no-flag` pair) plus `--config`, and hands the command a resolved `ResolvedSettings` as `resolved`.
+Values arrive as text and are validated by pydantic, so a bad flag is reported exactly like a bad
+environment variable or config-file entry.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from sempt_cli.settings import ResolvedSettings, SettingField, iter_fields, load_settings
+
+_PANELS = {
+    "paths": "Paths",
+    "model": "Model",
+    "data": "Data",
+    "sempt": "SemPT",
+    "train": "Training",
+}
+
+
+def _option_for(field: SettingField) -> inspect.Parameter:
+    help_text = f"{field.description} [default: {field.default}; env {field.env_var}]"
+    if field.is_bool:
+        flags = (f"--{field.flag_name}/--no-{field.flag_name}",)
+        annotation: Any = Annotated[Optional[bool], typer.Option(*flags, help=help_text,  # noqa: UP045
+                                                                 rich_help_panel=_PANELS[field.section],
+                                                                 show_default=False)]
+    else:
+        annotation = Annotated[Optional[str], typer.Option(field.flag, help=help_text,  # noqa: UP045
+                                                           rich_help_panel=_PANELS[field.section],
+                                                           show_default=False, metavar="VALUE")]
+    return inspect.Parameter(
+        f"opt__{field.section}__{field.name}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+_CONFIG_PARAM = inspect.Parameter(
+    "opt__config",
+    inspect.Parameter.KEYWORD_ONLY,
+    default=None,
+    annotation=Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--config", help="TOML config file (default: $SEMPT_CONFIG, then ./sempt.toml).",
+                     rich_help_panel="Paths", show_default=False),
+    ],
+)
+
+
+def resolve_from_options(
+    options: Mapping[str, Any], preset: Mapping[str, Any] | None = None, preset_name: str = "preset"
+) -> ResolvedSettings:
+    overrides = {
+        name.removeprefix("opt__").replace("__", ".", 1): value
+        for name, value in options.items()
+        if name != "opt__config" and value is not None
+    }
+    return load_settings(
+        overrides, config_file=options.get("opt__config"), preset=preset, preset_name=preset_name
+    )
+
+
+def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a command taking `options: dict` with generated flags for `sections`.
+
+    The command receives the raw flag values as `options` and resolves them itself (it may need to pick a
+    preset first, e.g. from `--method`), usually with `resolve_from_options(options, preset)`.
+    """
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(command, eval_str=True)
+        generated = [_option_for(field) for field in iter_fields(sections)] + [_CONFIG_PARAM]
+        kept = [p for p in own.parameters.values() if p.name != "options"]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs: Any) -> Any:
+            options = {name: kwargs.pop(name) for name in list(kwargs) if name.startswith("opt__")}
+            return command(options=options, **kwargs)
+
+        parameters = kept + generated
+        wrapper.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        del wrapper.__wrapped__
+        return wrapper
+
+    return decorate

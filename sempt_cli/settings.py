@@ -1,0 +1,364 @@
+"""One settings tree for every command: the single source of truth for defaults and validation.
+
+Values are resolved with this precedence (highest first)::
+
+    command-line flag  >  environment (SEMPT_<SECTION>__<FIELD>)  >  config file (TOML)  >  preset  >  default
+
+A *preset* is the official hyper-parameter set a method declares for a setting (e.g. PromptSRC on
+base-to-novel); it sits just above the defaults so that anything the user says wins. `load_settings`
+records where every value came from, which `sempt config show` prints.
+
+Library use::
+
+    from sempt_cli.settings import load_settings
+    resolved = load_settings({"sempt.alpha": 0.4})
+    resolved.settings.sempt.alpha  # 0.4
+    resolved.sources["sempt.alpha"]  # "flag --alpha"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sempt_cli.data.registry import canonical_dataset_name, dataset_names
+from sempt_cli.errors import SettingsError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "SEMPT_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV_VAR = "SEMPT_CONFIG"
+DEFAULT_CONFIG_FILE = Path("sempt.toml")
+STANDARD_SHOTS = (1, 2, 4, 8, 16)
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+EvalSetting = Literal["base2novel", "cross-dataset", "cross-domain", "few-shot"]
+Subsample = Literal["all", "base", "new"]
+
+
+def default_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/sempt` (usually `~/.cache/sempt`): caches survive across checkouts and runs."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "sempt"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+
+class PathSettings(_Section):
+    """Where data, caches and results live."""
+
+    data_root: Path = Field(
+        Path("~/data"),
+        description="Folder holding the datasets in the CoOp layout (the `DATA/` of CoOp/PromptSRC/PromptKD).",
+    )
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir,
+        description="Content-addressed caches: demo world, few-shot splits, text embeddings, teacher features.",
+    )
+    output_dir: Path = Field(Path("runs"), description="Where trained checkpoints and run logs are written.")
+
+    @field_validator("data_root", "cache_dir", "output_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+
+class ModelSettings(_Section):
+    """The backbone a command trains or evaluates."""
+
+    backbone: str = Field(
+        "sempt-demo-teacher",
+        description="open_clip model name, e.g. ViT-L-14-quickgelu (use -quickgelu names for OpenAI weights).",
+    )
+    pretrained: str | None = Field(
+        "demo", description="open_clip pretrained tag (e.g. openai), or 'demo' for the built-in tiny CLIPs."
+    )
+    checkpoint: Path | None = Field(None, description="Local weights file for the backbone (overrides --pretrained).")
+    precision: Precision = Field(
+        "auto", description="auto = bf16 autocast on CUDA when supported, fp32 otherwise."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in {"auto", "cpu", "cuda"} or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be auto, cpu, cuda or cuda:N")
+
+
+class DataSettings(_Section):
+    """Which data, which evaluation protocol, and how it is batched."""
+
+    dataset: str = Field("demo", description="Dataset key (see `sempt data list`).")
+    setting: EvalSetting = Field("base2novel", description="Evaluation protocol.")
+    shots: int = Field(16, ge=0, description="Labelled images per class (0 = the whole training split).")
+    allow_any_shots: bool = Field(False, description="Accept shot counts outside 1, 2, 4, 8, 16.")
+    seed: int = Field(1, ge=0, description="Seed for few-shot sampling, initialisation and augmentation.")
+    subsample: Subsample = Field("base", description="Class subset to train on: all, base or new.")
+    batch_size: int = Field(4, ge=1, description="Training batch size.")
+    eval_batch_size: int = Field(100, ge=1, description="Evaluation batch size.")
+    workers: int = Field(4, ge=0, description="DataLoader worker processes.")
+    on_corrupt: Literal["error", "skip"] = Field(
+        "error", description="A corrupt or missing image stops the run (error) or is skipped and counted (skip)."
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        key = canonical_dataset_name(value)
+        if key is None:
+            raise ValueError(f"unknown dataset; choose one of {', '.join(dataset_names())}")
+        return key
+
+    @model_validator(mode="after")
+    def _standard_shots(self) -> DataSettings:
+        if self.shots and self.shots not in STANDARD_SHOTS and not self.allow_any_shots:
+            raise ValueError(
+                f"shots={self.shots} is not one of 1, 2, 4, 8, 16 (or 0 for all images); "
+                "pass --allow-any-shots to use it anyway"
+            )
+        return self
+
+
+class SemptHyperParameters(_Section):
+    """SemPT (spec/sempt-method.md); every [choice] of the spec is a field here."""
+
+    enabled: bool = Field(
+        True, description="Apply SemPT on top of the baseline (--no-sempt for the pure baseline).",
+        json_schema_extra={"flag": "sempt"},
+    )
+    alpha: float = Field(0.2, ge=0.0, le=1.0, description="Residual weight α of the fused embedding.")
+    beta: float = Field(
+        0.6, ge=0.0, le=1.0,
+        description="Weight β of L_enh (paper: 0.4 in the text, 0.6 in Table 4d; 0.6 gives the headline HM).",
+    )
+    top_k: int = Field(2, ge=1, description="K descriptions selected per class and image.")
+    num_descriptions: int = Field(6, ge=1, description="S descriptions per class.")
+    num_attributes: int = Field(16, ge=1, description="M_a attributes in the shared vocabulary.")
+    tau_sa: float = Field(0.01, gt=0.0, description="Temperature of the semantic-alignment softmax.")
+    fusion: Literal["mlp", "linear"] = Field("mlp", description="Fusion module: 2-layer MLP (GELU) or linear.")
+    attr_encoder: Literal["teacher-prompted", "teacher-frozen"] = Field(
+        "teacher-prompted", description="Text encoder for attribute descriptions."
+    )
+
+    @model_validator(mode="after")
+    def _k_below_s(self) -> SemptHyperParameters:
+        if self.top_k >= self.num_descriptions:
+            raise ValueError(
+                f"top_k (K={self.top_k}) must be smaller than num_descriptions (S={self.num_descriptions})"
+            )
+        return self
+
+
+class TrainSettings(_Section):
+    """Optimisation; a method's preset replaces these defaults with its official values."""
+
+    epochs: int = Field(20, ge=1, description="Training epochs.")
+    lr: float = Field(0.0025, gt=0.0, description="Peak learning rate.")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="Optimizer.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    weight_decay: float = Field(5e-4, ge=0.0, description="Weight decay (applied to prompts too, as Dassl does).")
+    warmup_epochs: int = Field(1, ge=0, description="Constant-LR warm-up epochs.")
+    warmup_lr: float = Field(1e-5, gt=0.0, description="Learning rate during warm-up.")
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between resumable checkpoints.")
+
+
+class Settings(BaseSettings):
+    """Everything a command can be told. `Settings()` alone reads SEMPT_* variables like any pydantic-settings
+    model; `load_settings` adds the config file, presets, flags and provenance."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid", case_sensitive=False
+    )
+
+    paths: PathSettings = Field(default_factory=PathSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    sempt: SemptHyperParameters = Field(default_factory=SemptHyperParameters)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+
+SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Settings.model_fields.items()
+}
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One leaf setting, with every name a user can give it by."""
+
+    section: str
+    name: str
+    description: str
+    default: Any
+    annotation: Any
+    flag_name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.flag_name
+
+    @property
+    def env_var(self) -> str:
+        return f"{ENV_PREFIX}{self.section}{ENV_NESTED_DELIMITER}{self.name}".upper()
+
+    @property
+    def is_bool(self) -> bool:
+        return self.annotation is bool
+
+
+def iter_fields(sections: tuple[str, ...] | None = None) -> Iterator[SettingField]:
+    for section, model in SECTIONS.items():
+        if sections is not None and section not in sections:
+            continue
+        for name, field in model.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            flag_name = str(extra.get("flag", name.replace("_", "-")))
+            yield SettingField(section, name, field.description or "", default, field.annotation, flag_name)
+
+
+FIELDS: dict[str, SettingField] = {f.key: f for f in iter_fields()}
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """Validated settings plus, for every leaf key, a phrase saying where its value came from."""
+
+    settings: Settings
+    sources: dict[str, str]
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        dumped = self.settings.model_dump()
+        return [(key, dumped[f.section][f.name], self.sources[key]) for key, f in FIELDS.items()]
+
+
+def _config_file_values(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"The config file {path} does not exist.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"The config file {path} is not valid TOML ({exc}).") from None
+    values: dict[str, Any] = {}
+    for section, table in raw.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            raise SettingsError(
+                f"The config file {path} has an unknown section [{section}]; "
+                f"known sections are {', '.join(SECTIONS)}."
+            )
+        for name, value in table.items():
+            key = f"{section}.{name}"
+            if key not in FIELDS:
+                raise SettingsError(f"The config file {path} sets an unknown setting {key}.")
+            values[key] = value
+    return values
+
+
+def _environment_values(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    upper = {name.upper(): value for name, value in env.items()}
+    unknown = sorted(
+        name for name in upper
+        if name.startswith(ENV_PREFIX) and ENV_NESTED_DELIMITER in name
+        and name not in {f.env_var for f in FIELDS.values()}
+    )
+    if unknown:
+        raise SettingsError(f"The environment variable {unknown[0]} names no setting (see `sempt config show`).")
+    return {key: (upper[f.env_var], f.env_var) for key, f in FIELDS.items() if f.env_var in upper}
+
+
+def _flag_as_given(field: SettingField, value: Any) -> str:
+    if field.is_bool and value is False:
+        return f"--no-{field.flag_name}"
+    return field.flag
+
+
+def find_config_file(explicit: Path | None, env: Mapping[str, str]) -> Path | None:
+    """An explicit --config wins, then $SEMPT_CONFIG, then ./sempt.toml if present."""
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV_VAR):
+        return Path(env[CONFIG_ENV_VAR])
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    preset: Mapping[str, Any] | None = None,
+    preset_name: str = "preset",
+) -> ResolvedSettings:
+    """Resolve settings from every source and validate them, or raise one-sentence `SettingsError`.
+
+    `overrides` and `preset` are keyed by dotted names (``"sempt.alpha"``); `overrides` are the command-line
+    flags, so their source reads as the flag. `env` defaults to `os.environ`.
+    """
+    env = os.environ if env is None else env
+    layers: list[tuple[dict[str, Any], dict[str, str]]] = []
+
+    def add_layer(values: Mapping[str, Any], describe: Any) -> None:
+        for key in values:
+            if key not in FIELDS:
+                raise SettingsError(f"{key} is not a setting (see `sempt config show`).")
+        layers.append((dict(values), {key: describe(key) for key in values}))
+
+    add_layer(preset or {}, lambda _key: preset_name)
+    path = find_config_file(config_file, env)
+    if path is not None:
+        add_layer(_config_file_values(path), lambda _key: f"config file {path}")
+    env_values = _environment_values(env)
+    add_layer({k: v for k, (v, _) in env_values.items()}, lambda key: f"environment {env_values[key][1]}")
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    add_layer(flags, lambda key: f"flag {_flag_as_given(FIELDS[key], flags[key])}")
+
+    merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    sources = {key: "default" for key in FIELDS}
+    for values, described in layers:
+        for key, value in values.items():
+            section, name = key.split(".", 1)
+            merged[section][name] = value
+            sources[key] = described[key]
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, merged, sources)) from None
+    return ResolvedSettings(settings, sources)
+
+
+def _explain(exc: ValidationError, merged: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str]) -> str:
+    """Turn pydantic's report into one sentence naming the setting, its value and where it came from."""
+    error = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in error["loc"]]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    message = message[0].lower() + message[1:] if message else message
+    if len(loc) >= 2 and f"{loc[0]}.{loc[1]}" in FIELDS:
+        key = f"{loc[0]}.{loc[1]}"
+        value = merged[loc[0]].get(loc[1], FIELDS[key].default)
+        return f"Invalid setting {key} = {value!r} (from {sources[key]}): {message}."
+    section = loc[0] if loc else "settings"
+    given = sorted({sources[k] for k in FIELDS if k.startswith(section + ".") and sources[k] != "default"})
+    origin = f" (set by {', '.join(given)})" if given else ""
+    return f"Invalid {section} settings{origin}: {message}."

@@ -1,0 +1,66 @@
+"""The `sempt` command line: help, version, settings errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from sempt_cli import __version__
+from sempt_cli.cli.app import app
+
+runner = CliRunner()
+
+
+def _sempt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from sempt_cli.cli.app import main; main()", *args],
+        capture_output=True, text=True, env=env, check=False,
+    )
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"sempt {__version__}"
+
+
+def test_help_lists_only_commands_that_exist() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    registered = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
+    for name in registered:
+        assert name in result.output
+    for name in ("gen-attributes", "distill", "ablate"):
+        if name not in registered:
+            assert name not in result.output
+
+
+def test_config_show_reports_sources() -> None:
+    result = runner.invoke(app, ["config", "show", "--json", "--alpha", "0.4", "--no-sempt"],
+                           env={"SEMPT_DATA__SEED": "3"})
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    assert payload["sempt.alpha"] == {"value": 0.4, "source": "flag --alpha"}
+    assert payload["sempt.enabled"] == {"value": False, "source": "flag --no-sempt"}
+    assert payload["data.seed"] == {"value": 3, "source": "environment SEMPT_DATA__SEED"}
+    assert payload["sempt.beta"]["source"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["config", "show", "--alpha", "3"], "Invalid setting sempt.alpha = '3' (from flag --alpha)"),
+        (["config", "show", "--top-k", "6"], "top_k (K=6) must be smaller than num_descriptions (S=6)"),
+        (["config", "show", "--dataset", "mnist"], "unknown dataset"),
+        (["config", "show", "--shots", "3"], "pass --allow-any-shots"),
+    ],
+)
+def test_bad_settings_give_one_sentence_not_a_traceback(args: list[str], expected: str) -> None:
+    result = _sempt(*args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    flat = " ".join(result.stderr.split())
+    assert flat.startswith("Error: ") and expected in flat
