@@ -178,6 +178,26 @@ class TrainSettings(_Section):
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between resumable checkpoints.")
 
 
+class PromptSettings(_Section):
+    """Deep-prompt geometry (IVLP): depth counts the input-level set, so depth 9 = input + blocks 1..8."""
+
+    vision_depth: int = Field(9, ge=0, description="Vision prompt depth (0 = no vision prompts).")
+    text_depth: int = Field(9, ge=0, description="Text prompt depth (0 = no text prompts).")
+    vision_length: int = Field(4, ge=1, description="Vision prompt tokens per layer.")
+    text_length: int = Field(4, ge=1, description="Text context tokens per layer.")
+    ctx_init: str | None = Field("a photo of a", description="Words that initialise the layer-0 text context.")
+
+
+class PromptSRCSettings(_Section):
+    """PromptSRC's self-regulating losses and Gaussian prompt aggregation (official values)."""
+
+    text_loss_weight: float = Field(25.0, ge=0.0, description="Weight of the L1 text-feature consistency loss.")
+    image_loss_weight: float = Field(10.0, ge=0.0, description="Weight of the L1 image-feature consistency loss.")
+    logits_loss_weight: float = Field(1.0, ge=0.0, description="Weight of the KL logit consistency loss.")
+    gpa_mean: float = Field(15.0, description="Mean (epoch) of the Gaussian prompt aggregation.")
+    gpa_std: float = Field(1.0, gt=0.0, description="Standard deviation (epochs) of the Gaussian aggregation.")
+
+
 class Settings(BaseSettings):
     """Everything a command can be told. `Settings()` alone reads SEMPT_* variables like any pydantic-settings
     model; `load_settings` adds the config file, presets, flags and provenance."""
@@ -191,6 +211,8 @@ class Settings(BaseSettings):
     data: DataSettings = Field(default_factory=DataSettings)
     sempt: SemptHyperParameters = Field(default_factory=SemptHyperParameters)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
+    promptsrc: PromptSRCSettings = Field(default_factory=PromptSRCSettings)
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

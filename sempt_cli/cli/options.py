@@ -24,6 +24,8 @@ _PANELS = {
     "data": "Data",
     "sempt": "SemPT",
     "train": "Training",
+    "prompts": "Prompts",
+    "promptsrc": "PromptSRC",
 }
 
 

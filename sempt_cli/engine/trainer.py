@@ -1,0 +1,251 @@
+"""The training loop every method shares: deterministic batches, AMP, accumulation, DDP, exact resume.
+
+Determinism is what makes resume exact and caches possible: the image order of epoch e is a permutation
+seeded by (seed, e), and each augmented view is a pure function of (seed, e, image index) (see
+`sempt_cli.engine.loader`). A resumable checkpoint therefore only needs the trainable state, the optimizer,
+the method's extra state (e.g. aggregation sums) and the position (epoch, step); re-running the same command
+after an interruption — even `kill -9` — continues where the last checkpoint left off and ends with the same
+parameters as an uninterrupted run.
+
+The optimizer step sees `data.batch_size` images however they are split: across `world_size` processes and
+`grad_accum_steps` micro-batches. Losses that are per-image means therefore train identically either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from sempt_cli.engine.distributed import DistContext, barrier
+from sempt_cli.engine.loader import EpochBatches, SeededImageDataset, make_loader
+from sempt_cli.engine.runtime import Runtime
+from sempt_cli.engine.schedule import epoch_learning_rate
+from sempt_cli.errors import SemptError, SettingsError
+from sempt_cli.io import atomic_open, atomic_write_json
+from sempt_cli.methods.base import Batch, LossOutput, Method
+from sempt_cli.settings import Settings
+
+STATE_FILE = "train-state.pt"
+PROGRESS_FILE = "progress.json"
+
+
+class _LossModule(nn.Module):
+    """DDP wraps a module whose forward is the loss, so gradients of the method's parameters are averaged."""
+
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, batch: Batch) -> LossOutput:
+        return self.method.training_loss(batch)
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or resumed-and-finished) run reports."""
+
+    epochs: int
+    steps: int
+    resumed_from_step: int
+    seconds: float
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _Position:
+    epoch: int = 1
+    step: int = 0
+    global_step: int = 0
+
+
+class Trainer:
+    """Trains `method` on `dataset` with the optimisation settings of `settings`, checkpointing into `run_dir`."""
+
+    def __init__(
+        self,
+        method: Method,
+        dataset: SeededImageDataset,
+        settings: Settings,
+        run_dir: Path,
+        runtime: Runtime,
+        dist: DistContext | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.method = method
+        self.dataset = dataset
+        self.settings = settings
+        self.run_dir = run_dir
+        self.runtime = runtime
+        self.dist = dist or DistContext()
+        self.console = console or Console(stderr=True)
+        train = settings.train
+        parts = self.dist.world_size * train.grad_accum_steps
+        if settings.data.batch_size % parts:
+            raise SettingsError(
+                f"data.batch_size = {settings.data.batch_size} cannot be split evenly over "
+                f"{self.dist.world_size} process(es) × {train.grad_accum_steps} accumulation step(s)."
+            )
+        self.batches = EpochBatches(
+            num_items=len(dataset), batch_size=settings.data.batch_size, seed=settings.data.seed,
+            world_size=self.dist.world_size, rank=self.dist.rank, micro_batches=train.grad_accum_steps,
+        )
+        params = [p for p in method.parameters() if p.requires_grad]
+        if not params:
+            raise SemptError(f"Method {method.name} has no trainable parameters with these settings.")
+        if train.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        self.scaler = torch.amp.GradScaler(enabled=runtime.uses_grad_scaler)
+        module: nn.Module = _LossModule(method)
+        if self.dist.enabled:
+            device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+        self.loss_module = module
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def state_path(self) -> Path:
+        return self.run_dir / STATE_FILE
+
+    def _save_state(self, position: _Position) -> None:
+        if not self.dist.is_main:
+            return
+        state = {
+            "position": [position.epoch, position.step, position.global_step],
+            "trainable": {k: v.detach().cpu() for k, v in self.method.trainable_state().items()},
+            "extra": {k: v.detach().cpu() for k, v in self.method.extra_state().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        with atomic_open(self.state_path, "wb") as handle:
+            torch.save(state, handle)
+        atomic_write_json(
+            self.run_dir / PROGRESS_FILE,
+            {"epoch": position.epoch, "step_in_epoch": position.step, "global_step": position.global_step,
+             "steps_per_epoch": self.batches.steps_per_epoch, "epochs": self.settings.train.epochs},
+        )
+
+    def _load_state(self) -> _Position:
+        if not self.state_path.is_file():
+            return _Position()
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a truncated file cannot exist (atomic writes), so this is a foreign file
+            raise SemptError(
+                f"Cannot resume from {self.state_path} ({exc.__class__.__name__}).",
+                hint="Delete the run folder to start over.",
+            ) from None
+        self.method.load_trainable_state(state["trainable"])
+        self.method.load_extra_state(state["extra"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        epoch, step, global_step = (int(v) for v in state["position"])
+        return _Position(epoch, step, global_step)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, stop_after_steps: int | None = None) -> TrainResult:
+        """Train to the end (resuming if a checkpoint exists). `stop_after_steps` simulates an interruption."""
+        train = self.settings.train
+        position = self._load_state()
+        resumed_from = position.global_step
+        if resumed_from and self.dist.is_main:
+            self.console.print(
+                f"[bold]Resuming[/] {self.method.name} from epoch {position.epoch}, "
+                f"step {position.step}/{self.batches.steps_per_epoch} ({self.state_path})"
+            )
+        started = time.perf_counter()
+        steps_this_run = 0
+        last: dict[str, float] = {}
+        total_steps = train.epochs * self.batches.steps_per_epoch
+        with self._progress() as progress:
+            task = progress.add_task("train", total=total_steps, completed=position.global_step, info="")
+            self.method.train()
+            while position.epoch <= train.epochs:
+                lr = epoch_learning_rate(
+                    position.epoch, base_lr=train.lr, epochs=train.epochs,
+                    warmup_epochs=train.warmup_epochs, warmup_lr=train.warmup_lr,
+                )
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.dataset.set_epoch(position.epoch)
+                plan = self.batches.plan(position.epoch)[position.step:]
+                loader = make_loader(self.dataset, plan, self.settings.data.workers)
+                tick = time.perf_counter()
+                for micro_batches in _group(loader, self.batches.micro_batches):
+                    last = self._optimizer_step(micro_batches)
+                    position.step += 1
+                    position.global_step += 1
+                    steps_this_run += 1
+                    images = self.settings.data.batch_size
+                    rate = images / max(time.perf_counter() - tick, 1e-9)
+                    tick = time.perf_counter()
+                    info = " ".join(f"{k}={v:.4g}" for k, v in last.items())
+                    progress.update(task, advance=1, info=f"ep {position.epoch} lr={lr:.2e} {info} {rate:.0f} img/s")
+                    mid_epoch = position.step < self.batches.steps_per_epoch
+                    if mid_epoch and position.global_step % train.checkpoint_every == 0:
+                        self._save_state(position)
+                    if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                        self._save_state(position)
+                        barrier(self.dist)
+                        return TrainResult(position.epoch, position.global_step, resumed_from,
+                                           time.perf_counter() - started, last)
+                self.method.on_epoch_end(position.epoch, train.epochs)
+                position.epoch += 1
+                position.step = 0
+                self._save_state(position)
+        self.method.on_train_end()
+        barrier(self.dist)
+        return TrainResult(train.epochs, position.global_step, resumed_from, time.perf_counter() - started, last)
+
+    def _optimizer_step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
+        parts: dict[str, float] = {}
+        for i, batch in enumerate(micro_batches):
+            batch = batch.to(self.runtime.device)
+            sync = i == len(micro_batches) - 1
+            no_sync = self.dist.enabled and not sync
+            context = self.loss_module.no_sync() if no_sync else contextlib.nullcontext()  # type: ignore[operator]
+            with context:
+                with self.runtime.autocast():
+                    output: LossOutput = self.loss_module(batch)
+                loss = output.total.float() / len(micro_batches)
+                if not torch.isfinite(loss):
+                    raise SemptError(
+                        f"The loss became {loss.item()} at this step; lower --lr or use --precision fp32/bf16."
+                    )
+                self.scaler.scale(loss).backward()
+            for key, value in output.parts.items():
+                parts[key] = parts.get(key, 0.0) + value / len(micro_batches)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return parts
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            console=self.console, disable=not self.dist.is_main, transient=False,
+        )
+
+
+def _group(loader: Iterable[Any], size: int) -> Iterator[list[Batch]]:
+    """Yield lists of `size` consecutive micro-batches (one optimizer step each)."""
+    bucket: list[Batch] = []
+    for images, labels, indices in loader:
+        bucket.append(Batch(images, labels, indices))
+        if len(bucket) == size:
+            yield bucket
+            bucket = []
+

@@ -1,0 +1,148 @@
+"""The method protocol: what the engine needs from a prompt-learning method, and a registry of methods.
+
+A method is a plug-in on one engine, not a copy of a trainer. It declares
+
+* its trainable parameters (everything else is frozen),
+* `training_loss(batch)` — its own objective,
+* `class_embeddings(classnames)` and `image_embeddings(images)` — both L2-normalised, so that
+* `logits(image_embeddings, class_embeddings)` is its inference rule,
+* optional hooks at the end of an epoch / of training (e.g. PromptSRC's Gaussian prompt aggregation),
+* `presets(...)` — its official hyper-parameters per evaluation setting, applied below user settings.
+
+SemPT wraps a method through the same protocol (it needs the wrapped method's label embeddings, image
+embeddings and loss), which is why SemPT stays one file for every baseline.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from sempt_cli.errors import SettingsError
+from sempt_cli.settings import Settings
+
+
+@dataclass
+class Batch:
+    """A training batch; `indices` index the training set (for per-image caches such as teacher features)."""
+
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.images, self.labels, self.indices)))
+
+
+@dataclass
+class LossOutput:
+    """The scalar to minimise and its named parts (for progress bars and logs)."""
+
+    total: Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module, ABC):
+    """Base class of every prompt-learning method; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+
+    def __init__(self, train_classnames: Sequence[str]) -> None:
+        super().__init__()
+        self.train_classnames = list(train_classnames)
+
+    @abstractmethod
+    def training_loss(self, batch: Batch) -> LossOutput:
+        """The method's objective on one (micro-)batch, averaged over its images."""
+
+    @abstractmethod
+    def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
+        """L2-normalised text-side embeddings [C, D] for any class list (base, novel, another dataset)."""
+
+    @abstractmethod
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        """L2-normalised image embeddings [B, D] in the same space as `class_embeddings`."""
+
+    def logit_scale(self) -> Tensor:
+        return torch.tensor(100.0)
+
+    def logits(self, image_embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
+        """Inference rule; cosine similarity times CLIP's (frozen) logit scale unless a method says otherwise."""
+        return self.logit_scale() * image_embeddings @ class_embeddings.t().to(image_embeddings.dtype)
+
+    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
+        """Called after the last optimizer step of 1-based `epoch`."""
+
+    def on_train_end(self) -> None:
+        """Called once after the last epoch (e.g. to load aggregated prompts)."""
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        """Everything training changes: trainable parameters plus buffers of trainable modules (e.g. BN stats)."""
+        state = {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        prefixes = self.stateful_buffer_prefixes()
+        state.update({name: b for name, b in self.named_buffers() if name.startswith(prefixes)})
+        return state
+
+    def load_trainable_state(self, state: Mapping[str, Tensor]) -> None:
+        own = self.trainable_state()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise SettingsError(
+                f"The checkpoint does not fit method {self.name}: missing {missing[:5]}, unexpected {unexpected[:5]}."
+            )
+        tensors = dict(self.named_parameters()) | dict(self.named_buffers())
+        with torch.no_grad():
+            for name, value in state.items():
+                if tensors[name].shape != value.shape:
+                    raise SettingsError(
+                        f"The checkpoint tensor {name} has shape {tuple(value.shape)}, "
+                        f"the model expects {tuple(tensors[name].shape)}."
+                    )
+                tensors[name].copy_(value)
+
+    def stateful_buffer_prefixes(self) -> tuple[str, ...]:
+        """Name prefixes of buffers that belong to the trained state (none by default)."""
+        return ()
+
+    def extra_state(self) -> dict[str, Tensor]:
+        """Method-internal training state to include in resumable checkpoints (e.g. aggregation sums)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what `extra_state` returned."""
+
+    @classmethod
+    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
+        """Official hyper-parameters for `settings.data.setting`, as dotted setting keys."""
+        return {}
+
+
+MethodFactory = Callable[[Settings, Sequence[str]], Method]
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under `cls.name`."""
+    if cls.name in _METHODS:
+        raise ValueError(f"method {cls.name} registered twice")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise SettingsError(f"Unknown method {name!r}; choose one of {', '.join(method_names())}.") from None
