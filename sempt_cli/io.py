@@ -8,6 +8,7 @@ place, which is atomic on POSIX and Windows file systems.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -57,6 +58,18 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         while block := handle.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_by_stat(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def file_identity(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, hashed once per process per (path, size, mtime): backbone weights are GBs and are
+    used as cache keys many times."""
+    stat = os.stat(path)
+    return _sha256_by_stat(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def stable_hash(*parts: Any, length: int = 16) -> str:

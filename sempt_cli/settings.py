@@ -84,13 +84,19 @@ class ModelSettings(_Section):
         description="open_clip model name, e.g. ViT-L-14-quickgelu (use -quickgelu names for OpenAI weights).",
     )
     pretrained: str | None = Field(
-        "demo", description="open_clip pretrained tag (e.g. openai), or 'demo' for the built-in tiny CLIPs."
+        "demo",
+        description="open_clip pretrained tag (e.g. openai), 'demo' for the built-in tiny CLIPs, 'none' for random.",
     )
     checkpoint: Path | None = Field(None, description="Local weights file for the backbone (overrides --pretrained).")
     precision: Precision = Field(
         "auto", description="auto = bf16 autocast on CUDA when supported, fp32 otherwise."
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _none_means_random(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in {"", "none"} else value
 
     @field_validator("device")
     @classmethod

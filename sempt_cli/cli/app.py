@@ -7,8 +7,10 @@ from typing import Annotated
 import typer
 
 from sempt_cli import __version__
-from sempt_cli.cli import config
+from sempt_cli.cli import config, data
+from sempt_cli.cli.embed import embed
 from sempt_cli.cli.errors import report
+from sempt_cli.cli.train_teacher import train_teacher
 from sempt_cli.errors import SemptError
 
 app = typer.Typer(
@@ -20,6 +22,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(config.app, name="config")
+app.add_typer(data.app, name="data")
+app.command("train-teacher")(train_teacher)
+app.command("embed")(embed)
 
 
 def _version(value: bool) -> None:

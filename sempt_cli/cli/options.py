@@ -57,17 +57,17 @@ _CONFIG_PARAM = inspect.Parameter(
 )
 
 
-def resolve_from_options(
-    options: Mapping[str, Any], preset: Mapping[str, Any] | None = None, preset_name: str = "preset"
-) -> ResolvedSettings:
-    overrides = {
+def overrides_from_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags the user actually gave, keyed by dotted setting name."""
+    return {
         name.removeprefix("opt__").replace("__", ".", 1): value
         for name, value in options.items()
         if name != "opt__config" and value is not None
     }
-    return load_settings(
-        overrides, config_file=options.get("opt__config"), preset=preset, preset_name=preset_name
-    )
+
+
+def resolve_from_options(options: Mapping[str, Any]) -> ResolvedSettings:
+    return load_settings(overrides_from_options(options), config_file=options.get("opt__config"))
 
 
 def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

@@ -57,6 +57,7 @@ class TrainResult:
     steps: int
     resumed_from_step: int
     seconds: float
+    finished: bool
     last_losses: dict[str, float] = field(default_factory=dict)
 
 
@@ -200,14 +201,14 @@ class Trainer:
                         self._save_state(position)
                         barrier(self.dist)
                         return TrainResult(position.epoch, position.global_step, resumed_from,
-                                           time.perf_counter() - started, last)
+                                           time.perf_counter() - started, False, last)
                 self.method.on_epoch_end(position.epoch, train.epochs)
                 position.epoch += 1
                 position.step = 0
                 self._save_state(position)
         self.method.on_train_end()
         barrier(self.dist)
-        return TrainResult(train.epochs, position.global_step, resumed_from, time.perf_counter() - started, last)
+        return TrainResult(train.epochs, position.global_step, resumed_from, time.perf_counter() - started, True, last)
 
     def _optimizer_step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
         parts: dict[str, float] = {}

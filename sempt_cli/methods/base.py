@@ -16,7 +16,7 @@ embeddings and loss), which is why SemPT stays one file for every baseline.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from sempt_cli.errors import SettingsError
+from sempt_cli.models.checkpoint import check_state, learned_state_dict
 from sempt_cli.settings import Settings
 
 
@@ -83,33 +84,17 @@ class Method(nn.Module, ABC):
         """Called once after the last epoch (e.g. to load aggregated prompts)."""
 
     def trainable_state(self) -> dict[str, Tensor]:
-        """Everything training changes: trainable parameters plus buffers of trainable modules (e.g. BN stats)."""
-        state = {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
-        prefixes = self.stateful_buffer_prefixes()
-        state.update({name: b for name, b in self.named_buffers() if name.startswith(prefixes)})
-        return state
+        """Everything training changes: trainable parameters plus persistent buffers of the modules that own
+        them (e.g. a projector's BatchNorm statistics)."""
+        return learned_state_dict(self)
 
-    def load_trainable_state(self, state: Mapping[str, Tensor]) -> None:
-        own = self.trainable_state()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise SettingsError(
-                f"The checkpoint does not fit method {self.name}: missing {missing[:5]}, unexpected {unexpected[:5]}."
-            )
-        tensors = dict(self.named_parameters()) | dict(self.named_buffers())
+    def load_trainable_state(self, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:
+        """Copy `state` in place after checking it has exactly this method's keys and shapes."""
+        check_state(state, self.trainable_state(), source=source)
+        targets = dict(self.named_parameters()) | dict(self.named_buffers())
         with torch.no_grad():
             for name, value in state.items():
-                if tensors[name].shape != value.shape:
-                    raise SettingsError(
-                        f"The checkpoint tensor {name} has shape {tuple(value.shape)}, "
-                        f"the model expects {tuple(tensors[name].shape)}."
-                    )
-                tensors[name].copy_(value)
-
-    def stateful_buffer_prefixes(self) -> tuple[str, ...]:
-        """Name prefixes of buffers that belong to the trained state (none by default)."""
-        return ()
+                targets[name].copy_(value)
 
     def extra_state(self) -> dict[str, Tensor]:
         """Method-internal training state to include in resumable checkpoints (e.g. aggregation sums)."""
@@ -123,8 +108,6 @@ class Method(nn.Module, ABC):
         """Official hyper-parameters for `settings.data.setting`, as dotted setting keys."""
         return {}
 
-
-MethodFactory = Callable[[Settings, Sequence[str]], Method]
 
 _METHODS: dict[str, type[Method]] = {}
 

@@ -1,0 +1,39 @@
+"""`sempt train-teacher`: supervised prompt learning (PromptSRC, IVLP, CoOp, VPT) on one engine."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sempt_cli.cli.options import overrides_from_options, settings_options
+from sempt_cli.errors import SettingsError
+
+TEACHER_METHODS = ("promptsrc", "ivlp", "coop", "vpt")
+
+
+@settings_options("paths", "model", "data", "train", "prompts", "promptsrc")
+def train_teacher(
+    options: dict[str, Any],
+    method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(TEACHER_METHODS)}.")] = "promptsrc",
+) -> None:
+    """Train a prompt learner (by default PromptSRC with the official hyper-parameters of the chosen setting),
+    save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run."""
+    from sempt_cli.methods import get_method
+    from sempt_cli.pipeline.teacher import resolve_with_preset
+    from sempt_cli.pipeline.teacher import train_teacher as run
+
+    if method not in TEACHER_METHODS:
+        raise SettingsError(f"Unknown teacher method {method!r}; choose one of {', '.join(TEACHER_METHODS)}.")
+    get_method(method)
+    resolved = resolve_with_preset(method, overrides_from_options(options), config_file=options.get("opt__config"))
+    console = Console(stderr=True)
+    result = run(method, resolved, console=console)
+    table = Table(title=f"{method} on {resolved.settings.data.dataset}")
+    for key in result.metrics:
+        table.add_column(key)
+    table.add_row(*(f"{value:.2f}" for value in result.metrics.values()))
+    Console().print(table)
+    Console().print(f"Checkpoint: {result.checkpoint}")

@@ -1,0 +1,71 @@
+"""`embed_classes`: a trained teacher's class vectors for every class of a dataset, computed once and cached.
+
+These are PromptKD's "shared class vectors" (T_lbl in SemPT): the teacher's text encoder with its learned
+prompts, "{ctx} {class}." for *all* classes (base and novel). They are keyed by the teacher checkpoint's hash,
+the class list and the prompt construction, so every later command (distill, eval, ablate) reuses them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import Tensor
+
+from sempt_cli.data import DEMO_KEY, bundled_classnames, load_dataset
+from sempt_cli.engine.cache import TensorCache
+from sempt_cli.engine.runtime import resolve_runtime
+from sempt_cli.models.checkpoint import load_learned
+from sempt_cli.pipeline.data import data_root
+from sempt_cli.pipeline.teacher import load_teacher
+from sempt_cli.settings import Settings
+
+KIND = "class-vectors"
+
+
+@dataclass(frozen=True)
+class ClassVectors:
+    """L2-normalised teacher text features [N, D] for `classnames`, and where they are cached."""
+
+    vectors: Tensor
+    classnames: list[str]
+    path: Path
+    reused: bool
+
+
+def dataset_classnames(settings: Settings) -> list[str]:
+    """All class names of `data.dataset` in label order; the shipped lists avoid needing the images."""
+    if settings.data.dataset != DEMO_KEY:
+        shipped = bundled_classnames(settings.data.dataset)
+        if shipped is not None:
+            return shipped
+    return load_dataset(settings.data.dataset, data_root(settings), check_files=False).classnames
+
+
+def embed_classes(
+    teacher_checkpoint: Path, settings: Settings, *, classnames: list[str] | None = None,
+    console: Console | None = None,
+) -> ClassVectors:
+    """Class vectors of the teacher for `classnames` (default: every class of the teacher's dataset)."""
+    console = console or Console(stderr=True)
+    sidecar = load_learned(teacher_checkpoint)
+    meta = sidecar.metadata
+    if classnames is None:
+        classnames = list(meta["classnames"]) if settings.data.dataset == meta["dataset"] else \
+            dataset_classnames(settings)
+    cache = TensorCache(settings.paths.cache_dir / "tensors")
+    inputs: dict[str, Any] = {"teacher": sidecar.sha256, "classnames": classnames,
+                              "prompt": meta["settings"]["prompts"], "encoder": "teacher-prompted"}
+
+    def compute() -> dict[str, Tensor]:
+        runtime = resolve_runtime(settings.model)
+        teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
+        console.print(f"Encoding {len(classnames)} class names with the teacher ({meta['backbone']}) ...")
+        with torch.no_grad(), runtime.autocast():
+            return {"vectors": teacher.class_embeddings(classnames).float()}
+
+    tensors, reused = cache.get_or_compute(KIND, inputs, compute)
+    return ClassVectors(tensors["vectors"], classnames, cache.path_for(KIND, inputs), reused)

@@ -1,0 +1,179 @@
+"""`train_teacher`: supervised prompt learning (PromptSRC and its presets) end to end.
+
+resolve settings (method preset under the user's values) → data (few-shot, base classes) → frozen backbone
+→ method → shared trainer (resumable) → learned checkpoint (safetensors + sidecar) → evaluation.
+
+The run folder is named by a hash of every setting that changes the result, so re-running the same
+command resumes an interrupted run or reports the finished one, and a changed setting starts a new run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sempt_cli import __version__
+from sempt_cli.engine.cache import TensorCache
+from sempt_cli.engine.distributed import DistContext, init_distributed
+from sempt_cli.engine.evaluate import evaluate, harmonic_mean
+from sempt_cli.engine.loader import SeededImageDataset
+from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
+from sempt_cli.engine.trainer import Trainer
+from sempt_cli.io import atomic_write_json, stable_hash
+from sempt_cli.methods import Method, get_method
+from sempt_cli.models.checkpoint import load_learned, save_learned
+from sempt_cli.models.factory import LoadedClip
+from sempt_cli.models.identity import backbone_identity
+from sempt_cli.pipeline.backbone import load_backbone
+from sempt_cli.pipeline.data import PreparedData, prepare_data, test_split
+from sempt_cli.settings import ResolvedSettings, Settings, load_settings
+
+CHECKPOINT_NAME = "model"
+METRICS_FILE = "metrics.json"
+RESULT_AFFECTING = ("model", "data", "train", "prompts", "promptsrc")
+NOT_RESULT_AFFECTING = {("model", "device"), ("data", "workers"), ("data", "eval_batch_size")}
+
+
+def resolve_with_preset(
+    method_name: str,
+    overrides: Mapping[str, Any],
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ResolvedSettings:
+    """Resolve twice: once to learn the setting/dataset/backbone, then with the method's preset beneath the
+    user's own values (so a flag, variable or config entry always wins over the preset)."""
+    first = load_settings(overrides, config_file=config_file, env=env).settings
+    preset = get_method(method_name).presets(first, first.model.backbone)
+    return load_settings(overrides, config_file=config_file, env=env, preset=preset,
+                         preset_name=f"preset {method_name}/{first.data.setting}")
+
+
+def run_key(method_name: str, settings: Settings, identity: str | None) -> str:
+    """Hash of everything that determines the trained parameters."""
+    dumped = settings.model_dump(mode="json")
+    relevant = {
+        section: {k: v for k, v in dumped[section].items() if (section, k) not in NOT_RESULT_AFFECTING}
+        for section in RESULT_AFFECTING
+    }
+    return stable_hash(method_name, relevant, identity, length=12)
+
+
+def teacher_run_dir(method_name: str, settings: Settings, identity: str | None) -> Path:
+    data = settings.data
+    name = f"{method_name}-{data.setting}-{data.shots}shot-seed{data.seed}-{run_key(method_name, settings, identity)}"
+    return settings.paths.output_dir / "teachers" / data.dataset / name
+
+
+@dataclass
+class TeacherRun:
+    """Where a trained teacher lives and how it scored."""
+
+    run_dir: Path
+    checkpoint: Path
+    metrics: dict[str, Any]
+
+
+def build_method(name: str, clip: LoadedClip, classnames: list[str], settings: Settings) -> Method:
+    cache = TensorCache(settings.paths.cache_dir / "tensors")
+    return get_method(name)(clip, classnames, settings, cache).to(next(clip.model.parameters()).device)
+
+
+def evaluate_protocol(
+    method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, image_size: int, console: Console
+) -> dict[str, Any]:
+    """Scores as the papers report them: base and novel separately (+HM) for base-to-novel, else all classes."""
+    from sempt_cli.data.transforms import clip_test_transform
+
+    transform = clip_test_transform(image_size)
+    common = {"batch_size": settings.data.eval_batch_size, "workers": settings.data.workers,
+              "on_corrupt": settings.data.on_corrupt, "console": console}
+    if settings.data.setting == "base2novel":
+        scores = {}
+        for subset, key in (("base", "base"), ("new", "novel")):
+            split = test_split(prepared, subset)
+            result = evaluate(method, split.test, split.classnames, transform, runtime, description=key, **common)
+            scores[key] = result.accuracy
+        scores["hm"] = harmonic_mean(scores["base"], scores["novel"])
+        return scores
+    result = evaluate(method, prepared.full.test, prepared.full.classnames, transform, runtime,
+                      description="test", **common)
+    return {"accuracy": result.accuracy}
+
+
+def image_size(clip: LoadedClip) -> int:
+    size = clip.preprocess.image_size
+    return size if isinstance(size, int) else size[0]
+
+
+def train_teacher(
+    method_name: str,
+    resolved: ResolvedSettings,
+    *,
+    console: Console | None = None,
+    dist: DistContext | None = None,
+    stop_after_steps: int | None = None,
+) -> TeacherRun:
+    """Train (or resume, or reuse) a teacher and evaluate it; see the module docstring."""
+    from sempt_cli.data.transforms import clip_train_transform
+
+    console = console or Console(stderr=True)
+    dist = dist or init_distributed()
+    settings = resolved.settings
+    runtime = resolve_runtime(settings.model, dist.local_rank)
+    seed_everything(settings.data.seed)
+    clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir)
+    run_dir = teacher_run_dir(method_name, settings, backbone_identity(clip))
+    checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
+    metrics_path = run_dir / METRICS_FILE
+    if metrics_path.is_file() and checkpoint.is_file():
+        console.print(f"[green]Already trained[/] — reusing {run_dir}")
+        return TeacherRun(run_dir, checkpoint, json.loads(metrics_path.read_text())["metrics"])
+
+    prepared = prepare_data(settings, console)
+    method = build_method(method_name, clip, prepared.train.classnames, settings)
+    if dist.is_main:
+        console.print(
+            f"[bold]train-teacher[/] {method_name} on {settings.data.dataset} ({settings.data.setting}, "
+            f"{len(prepared.train.train)} images, {prepared.train.num_classes} classes) · {clip.backbone} · "
+            f"{runtime.describe()} · run {run_dir}"
+        )
+    size = image_size(clip)
+    dataset = SeededImageDataset(
+        prepared.train.train, clip_train_transform(size), settings.data.seed, settings.data.on_corrupt
+    )
+    result = Trainer(method, dataset, settings, run_dir, runtime, dist, console).fit(stop_after_steps)
+    if not result.finished:
+        return TeacherRun(run_dir, checkpoint, {})
+    metadata = {
+        "kind": "teacher", "method": method_name, "backbone": clip.backbone, "pretrained": settings.model.pretrained,
+        "backbone_identity": backbone_identity(clip), "dataset": settings.data.dataset,
+        "setting": settings.data.setting, "train_classnames": prepared.train.classnames,
+        "classnames": prepared.full.classnames, "num_base": prepared.num_base,
+        "seen_classnames": prepared.train.classnames, "settings": settings.model_dump(mode="json"),
+        "sempt_version": __version__,
+    }
+    if dist.is_main:
+        save_learned(checkpoint, method.trainable_state(), metadata)
+    metrics = evaluate_protocol(method, prepared, settings, runtime, size, console)
+    if dist.is_main:
+        atomic_write_json(metrics_path, {"metrics": metrics, "train_seconds": result.seconds, "steps": result.steps,
+                                         "settings_sources": resolved.sources})
+    return TeacherRun(run_dir, checkpoint, metrics)
+
+
+def load_teacher(checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None) -> Method:
+    """Rebuild a trained teacher from its checkpoint alone (the sidecar carries backbone and settings)."""
+    sidecar = load_learned(checkpoint)
+    meta = sidecar.metadata
+    flat = {f"{section}.{key}": value for section, values in meta["settings"].items() for key, value in values.items()
+            if section != "paths"}
+    settings = load_settings({**flat, **(overrides or {})}, env={}).settings
+    clip = load_backbone(settings.model, device, settings.paths.cache_dir)
+    method = build_method(meta["method"], clip, meta["train_classnames"], settings)
+    method.load_trainable_state(sidecar.tensors, source=str(checkpoint))
+    return method
