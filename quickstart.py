@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".sempt-installed"
 TEST_COMMAND = ["-m", "pytest", "-q"]
-DEMO_COMMAND = ["-m", "sempt_cli.demo_pipeline"]
+DEMO_COMMAND = ["-m", "sempt_cli", "demo"]
 
 
 def _python() -> Path:

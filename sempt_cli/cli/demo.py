@@ -1,0 +1,19 @@
+"""`sempt demo`: the README's first command — the pipeline end to end on the built-in demo world."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from sempt_cli.cli.options import overrides_from_options, settings_options
+
+
+@settings_options("paths", "model")
+def demo(options: dict[str, Any]) -> None:
+    """Generate the demo world, score the zero-shot demo CLIPs, train a PromptSRC teacher on the base classes,
+    evaluate base/novel, and cache its class vectors. Resumable: re-run after an interruption."""
+    from sempt_cli.pipeline.demo import run_demo
+
+    report = run_demo(overrides_from_options(options))
+    Console().print(report.table())
