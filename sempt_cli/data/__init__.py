@@ -1,0 +1,93 @@
+"""Datasets: the registry, CoOp/Dassl layout readers, few-shot and base/new splits, transforms, checks.
+
+Importing this package is cheap (no torch): `ImageDataset`, `scan_images`, `drop_unreadable`, `load_image`
+and the transform builders are imported on first access.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from sempt_cli.data.check import DatasetStatus, check_data_root, check_dataset
+from sempt_cli.data.fewshot import fewshot_cache_path, fewshot_splits, generate_fewshot
+from sempt_cli.data.readers import MissingDataError, load_dataset, resolve_dataset
+from sempt_cli.data.records import DatasetSplits, Sample, prompt_name
+from sempt_cli.data.registry import (
+    DATASETS,
+    DEMO_KEY,
+    DatasetInfo,
+    bundled_classnames,
+    bundled_imagenet_classnames,
+    bundled_wnid_subset,
+    canonical_dataset_name,
+    dataset_names,
+    get_dataset_info,
+)
+from sempt_cli.data.subsample import SubsampleMode, split_base_new, subsample_classes
+
+if TYPE_CHECKING:
+    from sempt_cli.data.images import ImageDataset, drop_unreadable, load_image, scan_images
+    from sempt_cli.data.transforms import (
+        CLIP_MEAN,
+        CLIP_STD,
+        build_transform,
+        clip_test_transform,
+        clip_train_transform,
+    )
+
+_LAZY = {
+    "ImageDataset": "sempt_cli.data.images",
+    "drop_unreadable": "sempt_cli.data.images",
+    "load_image": "sempt_cli.data.images",
+    "scan_images": "sempt_cli.data.images",
+    "CLIP_MEAN": "sempt_cli.data.transforms",
+    "CLIP_STD": "sempt_cli.data.transforms",
+    "build_transform": "sempt_cli.data.transforms",
+    "clip_test_transform": "sempt_cli.data.transforms",
+    "clip_train_transform": "sempt_cli.data.transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DATASETS",
+    "DEMO_KEY",
+    "DatasetInfo",
+    "DatasetSplits",
+    "DatasetStatus",
+    "ImageDataset",
+    "MissingDataError",
+    "Sample",
+    "SubsampleMode",
+    "build_transform",
+    "bundled_classnames",
+    "bundled_imagenet_classnames",
+    "bundled_wnid_subset",
+    "canonical_dataset_name",
+    "check_data_root",
+    "check_dataset",
+    "clip_test_transform",
+    "clip_train_transform",
+    "dataset_names",
+    "drop_unreadable",
+    "fewshot_cache_path",
+    "fewshot_splits",
+    "generate_fewshot",
+    "get_dataset_info",
+    "load_dataset",
+    "load_image",
+    "prompt_name",
+    "resolve_dataset",
+    "scan_images",
+    "split_base_new",
+    "subsample_classes",
+]
