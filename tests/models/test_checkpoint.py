@@ -1,0 +1,150 @@
+"""Learned-state checkpoints: safetensors + JSON sidecar, verified on load, never the frozen backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sempt_cli.errors import WeightsError
+from sempt_cli.io import sha256_file
+from sempt_cli.models import (
+    LoadedClip,
+    PromptedTextTower,
+    PromptedVisionTower,
+    PromptSpec,
+    checkpoint_paths,
+    import_official_prompts,
+    learned_state_dict,
+    load_learned,
+    load_learned_into,
+    save_learned,
+)
+
+
+class Student(nn.Module):
+    """A PromptKD-shaped module: frozen prompted tower + trainable projector with BatchNorm."""
+
+    def __init__(self, loaded: LoadedClip, depth: int = 2) -> None:
+        super().__init__()
+        self.image = PromptedVisionTower(loaded.model.visual, PromptSpec(depth, 4))
+        self.projector = nn.Sequential(nn.Linear(96, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Linear(128, 128))
+
+
+def test_round_trip_with_metadata(tmp_path: Path) -> None:
+    tensors = {"a.prompt": torch.randn(4, 8), "b.bias": torch.arange(3.0), "c.steps": torch.tensor(7)}
+    meta = {"backbone": "ViT-B-16-quickgelu", "classes": ["cat", "dog"], "settings": {"lr": 0.0025}, "path": tmp_path}
+    written = save_learned(tmp_path / "run" / "model", tensors, meta)
+    assert written == tmp_path / "run" / "model.safetensors"
+    sidecar = json.loads((tmp_path / "run" / "model.json").read_text())
+    assert sidecar["sha256"] == sha256_file(written) and sidecar["tensors"]["a.prompt"]["shape"] == [4, 8]
+    assert {"sempt", "torch", "open_clip"} <= set(sidecar["versions"])
+    for name in ("model", "model.safetensors", "model.json"):
+        loaded = load_learned(tmp_path / "run" / name)
+        assert loaded.metadata == {**meta, "path": str(tmp_path)}
+        assert loaded.sha256 == sidecar["sha256"]
+        for key, value in tensors.items():
+            torch.testing.assert_close(loaded.tensors[key], value)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_dotted_names_keep_their_dots() -> None:
+    assert checkpoint_paths("runs/x/model.ep20") == (
+        Path("runs/x/model.ep20.safetensors"),
+        Path("runs/x/model.ep20.json"),
+    )
+
+
+def test_hash_mismatch_and_missing_files(tmp_path: Path) -> None:
+    path = save_learned(tmp_path / "ckpt", {"w": torch.ones(3)}, {})
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_learned(tmp_path / "ckpt")
+    path.unlink()
+    with pytest.raises(WeightsError, match="incomplete"):
+        load_learned(tmp_path / "ckpt")
+    (tmp_path / "other.safetensors").write_bytes(b"")
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(WeightsError, match="not a sempt checkpoint"):
+        load_learned(tmp_path / "other")
+
+
+def test_key_and_shape_mismatches_are_named(tmp_path: Path) -> None:
+    save_learned(tmp_path / "ckpt", {"prompts.tokens.0": torch.zeros(4, 8), "extra": torch.zeros(1)}, {})
+    expected = {"prompts.tokens.0": torch.zeros(2, 8), "prompts.tokens.1": torch.zeros(2, 8)}
+    with pytest.raises(WeightsError) as info:
+        load_learned(tmp_path / "ckpt", expected=expected)
+    text = str(info.value)
+    assert "missing prompts.tokens.1" in text and "unexpected extra" in text
+    assert "prompts.tokens.0 is (4, 8) but the model expects (2, 8)" in text
+
+
+def test_learned_state_excludes_the_backbone_and_keeps_bn_stats(student: LoadedClip) -> None:
+    state = learned_state_dict(Student(student))
+    assert set(state) == {
+        "image.prompts.tokens.0",
+        "image.prompts.tokens.1",
+        "projector.0.weight",
+        "projector.0.bias",
+        "projector.1.weight",
+        "projector.1.bias",
+        "projector.1.running_mean",
+        "projector.1.running_var",
+        "projector.1.num_batches_tracked",
+        "projector.3.weight",
+        "projector.3.bias",
+    }
+
+
+def test_load_into_restores_outputs(tmp_path: Path, student: LoadedClip) -> None:
+    model = student.model
+    trained = Student(student)
+    text = PromptedTextTower(model, PromptSpec(2, 4))
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        for p in [*trained.image.trainable_parameters(), *text.trainable_parameters()]:
+            p.add_(torch.randn_like(p))
+        trained.projector(trained.image(x))  # train-mode BN: updates the running stats
+    trained.eval()
+    save_learned(tmp_path / "student", learned_state_dict(trained), {"backbone": "sempt-demo-student"})
+    save_learned(tmp_path / "text", learned_state_dict(text), {})
+
+    fresh = Student(student).eval()
+    ckpt = load_learned_into(fresh, tmp_path / "student")
+    fresh_text = PromptedTextTower(model, PromptSpec(2, 4))
+    load_learned_into(fresh_text, tmp_path / "text")
+    assert ckpt.metadata == {"backbone": "sempt-demo-student"}
+    prompts = text.class_prompts(["cat", "dog"])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.projector(fresh.image(x)), trained.projector(trained.image(x)))
+        torch.testing.assert_close(fresh_text(prompts), text(prompts))
+    with pytest.raises(WeightsError, match="does not fit"):
+        load_learned_into(Student(student, depth=3), tmp_path / "student")
+
+
+def test_import_official_promptsrc_prompts(teacher: LoadedClip) -> None:
+    vision = PromptedVisionTower(teacher.model.visual, PromptSpec(3, 4))
+    text = PromptedTextTower(teacher.model, PromptSpec(3, 4))
+    official = {
+        "prompt_learner.ctx": torch.randn(4, 128).half(),  # the official ctx is fp16 (spec §1.4)
+        "image_encoder.VPT": torch.randn(4, 192),
+        "image_encoder.transformer.resblocks.1.VPT_shallow": torch.randn(4, 192),
+        "image_encoder.transformer.resblocks.2.VPT_shallow": torch.randn(4, 192),
+        "text_encoder.transformer.resblocks.1.VPT_shallow": torch.randn(4, 128),
+        "text_encoder.transformer.resblocks.2.VPT_shallow": torch.randn(4, 128),
+        "image_encoder.conv1.weight": torch.randn(1),  # backbone copies are ignored
+    }
+    used = import_official_prompts(official, vision=vision, text=text)
+    assert len(used) == 6 and "image_encoder.conv1.weight" not in used
+    torch.testing.assert_close(text.prompts.tokens[0].detach(), official["prompt_learner.ctx"].float())
+    torch.testing.assert_close(
+        vision.prompts.tokens[2].detach(), official["image_encoder.transformer.resblocks.2.VPT_shallow"]
+    )
+    deeper = PromptedVisionTower(teacher.model.visual, PromptSpec(4, 4))
+    with pytest.raises(WeightsError, match=r"resblocks\.3\.VPT_shallow"):
+        import_official_prompts(official, vision=deeper)
