@@ -57,7 +57,8 @@ def embed_classes(
         classnames = list(meta["classnames"]) if settings.data.dataset == meta["dataset"] else \
             dataset_classnames(settings)
     cache = TensorCache(settings.paths.cache_dir / "tensors")
-    inputs: dict[str, Any] = {"teacher": sidecar.sha256, "classnames": classnames,
+    inputs: dict[str, Any] = {"teacher": sidecar.sha256, "backbone": meta["backbone_identity"],
+                              "classnames": classnames,
                               "prompt": meta["settings"]["prompts"], "encoder": "teacher-prompted"}
 
     def compute() -> dict[str, Tensor]:

@@ -167,12 +167,13 @@ def train_teacher(
 
 
 def load_teacher(checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None) -> Method:
-    """Rebuild a trained teacher from its checkpoint alone (the sidecar carries backbone and settings)."""
+    """Rebuild a trained teacher from its checkpoint alone (the sidecar carries backbone and settings);
+    `overrides` may only set `paths.*`."""
     sidecar = load_learned(checkpoint)
     meta = sidecar.metadata
-    flat = {f"{section}.{key}": value for section, values in meta["settings"].items() for key, value in values.items()
-            if section != "paths"}
-    settings = load_settings({**flat, **(overrides or {})}, env={}).settings
+    paths = load_settings(overrides, env={}).settings.paths  # where caches live now, not at training time
+    settings = Settings.model_validate({**meta["settings"], "paths": paths.model_dump()})
+    seed_everything(settings.data.seed)  # a randomly initialised backbone is rebuilt exactly as in training
     clip = load_backbone(settings.model, device, settings.paths.cache_dir)
     method = build_method(meta["method"], clip, meta["train_classnames"], settings)
     method.load_trainable_state(sidecar.tensors, source=str(checkpoint))

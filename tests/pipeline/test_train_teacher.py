@@ -75,3 +75,23 @@ def test_cli_run_survives_kill_9(demo_cache: Path, tmp_path: Path) -> None:
     assert "Resuming" in output
     assert (states[0].parent / "model.safetensors").is_file()
     assert (states[0].parent / "metrics.json").is_file()
+
+
+def test_embed_caches_teacher_class_vectors_for_all_classes(demo_cache: Path, tmp_path: Path) -> None:
+    import torch
+
+    from sempt_cli.pipeline.embed import embed_classes
+    from sempt_cli.pipeline.teacher import load_teacher
+
+    resolved = resolve_with_preset("promptsrc", _small(demo_cache, tmp_path, **{"train.epochs": 1}), env={})
+    run = train_teacher("promptsrc", resolved)
+    first = embed_classes(run.checkpoint, resolved.settings)
+    again = embed_classes(run.checkpoint, resolved.settings)
+    assert not first.reused and again.reused and again.path == first.path
+    assert first.vectors.shape == (40, 128) and len(first.classnames) == 40
+    torch.testing.assert_close(first.vectors.norm(dim=-1), torch.ones(40))
+    torch.testing.assert_close(again.vectors, first.vectors)
+    teacher = load_teacher(run.checkpoint, overrides={"paths.cache_dir": str(demo_cache)})
+    with torch.no_grad():
+        direct = teacher.class_embeddings(first.classnames[20:])
+    torch.testing.assert_close(first.vectors[20:], direct, rtol=1e-5, atol=1e-5)
