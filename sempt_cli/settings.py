@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sempt_cli.data.registry import canonical_dataset_name, dataset_names
@@ -204,6 +214,85 @@ class PromptSRCSettings(_Section):
     gpa_std: float = Field(1.0, gt=0.0, description="Standard deviation (epochs) of the Gaussian aggregation.")
 
 
+class PromptKDSettings(_Section):
+    """PromptKD distillation (official scripts: KD weight 1000, temperature 1) and the teacher-side caches."""
+
+    kd_weight: float = Field(1000.0, ge=0.0, description="Weight of the KD loss (scripts: 1000; see docs).")
+    kd_temperature: float = Field(1.0, gt=0.0, description="Distillation temperature τ.")
+    teacher_cache_gb: float = Field(
+        20.0, ge=0.0, description="Disk budget for cached teacher image features; beyond it they are computed live."
+    )
+    recompute_teacher: bool = Field(
+        False, description="Reference mode: run the teacher's image and text encoders every step, as the official code."
+    )
+
+
+class LLMSettings(_Section):
+    """The LLM that writes attribute descriptions (`sempt gen-attributes`, spec §1): any OpenAI-compatible endpoint.
+
+    The API key is read from `api_key` (config file or SEMPT_LLM__API_KEY) or else $OPENAI_API_KEY; it is never
+    written anywhere: dumps show it masked (Python) or as null (JSON), and request caches never contain it.
+    """
+
+    strategy: Literal["two-step", "one-step", "names", "ground-truth"] = Field(
+        "two-step",
+        description="Knowledge construction (paper Table 4b): two-step (shared attribute vocabulary, then "
+        "descriptions), one-step (descriptions directly), names (class names only, no LLM), ground-truth "
+        "(demo world only, from its true attributes, no LLM).",
+    )
+    base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint (vLLM, Ollama, ...).")
+    model: str = Field("gpt-4o", description="Chat model name at the endpoint (the paper used GPT-4o).")
+    api_key: SecretStr | None = Field(
+        None, description="API key; prefer $OPENAI_API_KEY (used when this is unset): a flag shows in process lists.",
+    )
+    temperature: float | None = Field(
+        0.7, ge=0.0, le=2.0, description="Sampling temperature ('none' omits it, for models that reject it)."
+    )
+    seed: int | None = Field(
+        0, description="`seed` request parameter (best-effort determinism; 'none' omits it).",
+        json_schema_extra={"flag": "llm-seed"},
+    )
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
+    timeout: float = Field(120.0, gt=0.0, description="Seconds to wait for one answer before retrying.")
+    retries: int = Field(5, ge=0, description="Retries per request on rate limits (429), timeouts and 5xx errors.")
+    backoff: float = Field(
+        1.0, ge=0.0, description="First retry delay in seconds, doubled per retry (a Retry-After header wins)."
+    )
+    reasks: int = Field(3, ge=0, description="Re-asks per request when an answer is invalid (the error is fed back).")
+    classes_per_request: int = Field(10, ge=1, description="Classes described per request (step 2, one-step).")
+    names_per_request: int = Field(
+        250, ge=2, description="Class names per attribute-discovery request; longer lists are chunked and merged."
+    )
+    response_format: Literal["json_schema", "json_object", "text"] = Field(
+        "json_schema", description="How JSON is requested: strict JSON schema, JSON mode, or the prompt alone."
+    )
+    prompt_version: str = Field("v1", description="Prompt-template version (sempt_cli/knowledge/prompts/<version>).")
+    input_price: float = Field(2.5, ge=0.0, description="USD per 1M input tokens, for --dry-run (gpt-4o list price).")
+    output_price: float = Field(
+        10.0, ge=0.0, description="USD per 1M output tokens, for --dry-run (gpt-4o list price)."
+    )
+
+    @field_validator("temperature", "seed", mode="before")
+    @classmethod
+    def _none_omits(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in {"", "none"} else value
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_serializer("api_key")
+    def _never_dump_key(self, value: SecretStr | None, info: SerializationInfo) -> str | None:
+        """JSON dumps (run metadata, caches) get null; Python dumps (`config show`) a mask that says it is set."""
+        if value is None or info.mode == "json":
+            return None
+        return "**********"
+
+
 class Settings(BaseSettings):
     """Everything a command can be told. `Settings()` alone reads SEMPT_* variables like any pydantic-settings
     model; `load_settings` adds the config file, presets, flags and provenance."""
@@ -219,6 +308,8 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     promptsrc: PromptSRCSettings = Field(default_factory=PromptSRCSettings)
+    promptkd: PromptKDSettings = Field(default_factory=PromptKDSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -9,6 +9,7 @@ import typer
 from sempt_cli import __version__
 from sempt_cli.cli import config, data
 from sempt_cli.cli.demo import demo
+from sempt_cli.cli.distill import distill
 from sempt_cli.cli.embed import embed
 from sempt_cli.cli.errors import report
 from sempt_cli.cli.train_teacher import train_teacher
@@ -26,6 +27,7 @@ app.add_typer(config.app, name="config")
 app.add_typer(data.app, name="data")
 app.command("train-teacher")(train_teacher)
 app.command("embed")(embed)
+app.command("distill")(distill)
 app.command("demo")(demo)
 
 

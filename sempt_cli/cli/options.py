@@ -26,6 +26,8 @@ _PANELS = {
     "train": "Training",
     "prompts": "Prompts",
     "promptsrc": "PromptSRC",
+    "promptkd": "PromptKD",
+    "llm": "LLM (gen-attributes)",
 }
 
 

@@ -52,10 +52,11 @@ class SeededImageDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        image, label, used_index = self.images[index]
+        """(view, label, index): the index names the view (with `epoch`), even if a corrupt image was replaced."""
+        image, label, _ = self.images[index]
         with seeded(derive_seed(self.seed, self.epoch, index)):
             tensor = self.transform(image)
-        return tensor, label, used_index
+        return tensor, label, index
 
 
 class EpochBatches:

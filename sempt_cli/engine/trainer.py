@@ -181,10 +181,11 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self.dataset.set_epoch(position.epoch)
+                self.method.on_epoch_start(position.epoch)
                 plan = self.batches.plan(position.epoch)[position.step:]
                 loader = make_loader(self.dataset, plan, self.settings.data.workers)
                 tick = time.perf_counter()
-                for micro_batches in _group(loader, self.batches.micro_batches):
+                for micro_batches in _group(loader, self.batches.micro_batches, position.epoch):
                     last = self._optimizer_step(micro_batches)
                     position.step += 1
                     position.global_step += 1
@@ -241,11 +242,11 @@ class Trainer:
         )
 
 
-def _group(loader: Iterable[Any], size: int) -> Iterator[list[Batch]]:
+def _group(loader: Iterable[Any], size: int, epoch: int) -> Iterator[list[Batch]]:
     """Yield lists of `size` consecutive micro-batches (one optimizer step each)."""
     bucket: list[Batch] = []
     for images, labels, indices in loader:
-        bucket.append(Batch(images, labels, indices))
+        bucket.append(Batch(images, labels, indices, epoch))
         if len(bucket) == size:
             yield bucket
             bucket = []

@@ -30,14 +30,17 @@ from sempt_cli.settings import Settings
 
 @dataclass
 class Batch:
-    """A training batch; `indices` index the training set (for per-image caches such as teacher features)."""
+    """A training batch. (`epoch`, `indices`) identify each augmented view exactly, which is what per-view
+    caches such as PromptKD's teacher image features are keyed by."""
 
     images: Tensor
     labels: Tensor
     indices: Tensor
+    epoch: int = 0
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.images, self.labels, self.indices)))
+        images, labels, indices = (t.to(device, non_blocking=True) for t in (self.images, self.labels, self.indices))
+        return Batch(images, labels, indices, self.epoch)
 
 
 @dataclass
@@ -76,6 +79,9 @@ class Method(nn.Module, ABC):
     def logits(self, image_embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
         """Inference rule; cosine similarity times CLIP's (frozen) logit scale unless a method says otherwise."""
         return self.logit_scale() * image_embeddings @ class_embeddings.t().to(image_embeddings.dtype)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before the first step of 1-based `epoch` (also when resuming mid-epoch)."""
 
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         """Called after the last optimizer step of 1-based `epoch`."""

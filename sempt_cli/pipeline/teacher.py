@@ -10,7 +10,7 @@ command resumes an interrupted run or reports the finished one, and a changed se
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 CHECKPOINT_NAME = "model"
 METRICS_FILE = "metrics.json"
-RESULT_AFFECTING = ("model", "data", "train", "prompts", "promptsrc")
+TEACHER_SECTIONS = ("model", "data", "train", "prompts", "promptsrc")
 NOT_RESULT_AFFECTING = {("model", "device"), ("data", "workers"), ("data", "eval_batch_size")}
+"""Settings that change speed or placement but not the trained parameters."""
 
 
 def resolve_with_preset(
@@ -53,19 +54,20 @@ def resolve_with_preset(
                          preset_name=f"preset {method_name}/{first.data.setting}")
 
 
-def run_key(method_name: str, settings: Settings, identity: str | None) -> str:
-    """Hash of everything that determines the trained parameters."""
+def run_key(method_name: str, settings: Settings, identity: str | None, sections: Sequence[str]) -> str:
+    """Hash of everything that determines the trained parameters: the job's `sections` of the settings."""
     dumped = settings.model_dump(mode="json")
     relevant = {
         section: {k: v for k, v in dumped[section].items() if (section, k) not in NOT_RESULT_AFFECTING}
-        for section in RESULT_AFFECTING
+        for section in sections
     }
     return stable_hash(method_name, relevant, identity, length=12)
 
 
 def teacher_run_dir(method_name: str, settings: Settings, identity: str | None) -> Path:
     data = settings.data
-    name = f"{method_name}-{data.setting}-{data.shots}shot-seed{data.seed}-{run_key(method_name, settings, identity)}"
+    key = run_key(method_name, settings, identity, TEACHER_SECTIONS)
+    name = f"{method_name}-{data.setting}-{data.shots}shot-seed{data.seed}-{key}"
     return settings.paths.output_dir / "teachers" / data.dataset / name
 
 

@@ -1,0 +1,43 @@
+"""`sempt distill`: train a student from a teacher checkpoint (PromptKD stage II)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sempt_cli.cli.options import overrides_from_options, settings_options
+from sempt_cli.errors import SemptError, SettingsError
+
+
+@settings_options("paths", "model", "data", "train", "prompts", "promptkd", "sempt")
+def distill(
+    options: dict[str, Any],
+    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher checkpoint (model.safetensors of a run).")],
+    baseline: Annotated[str, typer.Option("--baseline", help="Distillation baseline: promptkd.")] = "promptkd",
+) -> None:
+    """Distill the teacher into a student on the dataset's unlabelled training images, with the official
+    hyper-parameters as defaults; student backbone, dataset and setting follow the teacher unless given.
+    Teacher class vectors and image features are cached (see --teacher-cache-gb, --recompute-teacher)."""
+    from sempt_cli.pipeline.distill import BASELINES, resolve_distill_settings
+    from sempt_cli.pipeline.distill import distill as run
+
+    if baseline not in BASELINES:
+        raise SettingsError(f"Unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}.")
+    resolved = resolve_distill_settings(baseline, teacher, overrides_from_options(options),
+                                        config_file=options.get("opt__config"))
+    if resolved.settings.sempt.enabled:
+        raise SemptError(
+            "SemPT on top of the baseline is not available in this version yet.",
+            "Pass --no-sempt to run the pure baseline.",
+        )
+    result = run(baseline, teacher, resolved, console=Console(stderr=True))
+    table = Table(title=f"{baseline} student on {resolved.settings.data.dataset}")
+    for key in result.metrics:
+        table.add_column(key)
+    table.add_row(*(f"{value:.2f}" for value in result.metrics.values()))
+    Console().print(table)
+    Console().print(f"Checkpoint: {result.checkpoint}")
