@@ -243,7 +243,9 @@ class LLMSettings(_Section):
     base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible endpoint (vLLM, Ollama, ...).")
     model: str = Field("gpt-4o", description="Chat model name at the endpoint (the paper used GPT-4o).")
     api_key: SecretStr | None = Field(
-        None, description="API key; prefer $OPENAI_API_KEY (used when this is unset): a flag shows in process lists.",
+        None, description="API key (config file or SEMPT_LLM__API_KEY; else $OPENAI_API_KEY). No flag on purpose: "
+        "command lines show in process lists and shell histories.",
+        json_schema_extra={"flag": None},
     )
     temperature: float | None = Field(
         0.7, ge=0.0, le=2.0, description="Sampling temperature ('none' omits it, for models that reject it)."
@@ -327,7 +329,7 @@ class SettingField:
     description: str
     default: Any
     annotation: Any
-    flag_name: str
+    flag_name: str | None
 
     @property
     def key(self) -> str:
@@ -335,7 +337,7 @@ class SettingField:
 
     @property
     def flag(self) -> str:
-        return "--" + self.flag_name
+        return "--" + self.flag_name if self.flag_name else "(no flag)"
 
     @property
     def env_var(self) -> str:
@@ -353,7 +355,8 @@ def iter_fields(sections: tuple[str, ...] | None = None) -> Iterator[SettingFiel
         for name, field in model.model_fields.items():
             default = field.get_default(call_default_factory=True)
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            flag_name = str(extra.get("flag", name.replace("_", "-")))
+            flag = extra.get("flag", name.replace("_", "-"))
+            flag_name = None if flag is None else str(flag)
             yield SettingField(section, name, field.description or "", default, field.annotation, flag_name)
 
 

@@ -81,7 +81,7 @@ def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = inspect.signature(command, eval_str=True)
-        generated = [_option_for(field) for field in iter_fields(sections)] + [_CONFIG_PARAM]
+        generated = [_option_for(field) for field in iter_fields(sections) if field.flag_name] + [_CONFIG_PARAM]
         kept = [p for p in own.parameters.values() if p.name != "options"]
 
         @functools.wraps(command)

@@ -1,0 +1,157 @@
+"""`embed_attributes`: T_atr, the teacher's text embeddings of every attribute description, computed once and cached.
+
+Spec §2 and §5: T_atr ∈ R^{N×S×d} (L2-normalised) comes from the same text encoder as T_lbl:
+
+* ``teacher-prompted`` (default): the teacher's text tower with its learned prompts, "{ctx} {description}."
+  (`PromptedTextTower.build_prompts`), exactly as class names become "{ctx} {class}.";
+* ``teacher-frozen``: the teacher's frozen backbone without prompts (a depth-0 tower, no prefix).
+
+Text features are constant during distillation, so they are cached with `TensorCache` under kind
+``attribute-vectors``, keyed by the teacher checkpoint's sha256, the backbone identity, the attribute file's
+sha256, the encoder choice and (for the prompted encoder) the teacher's prompt settings, plus the version of
+the description-to-text rule. Every description is checked with the teacher's own tokenizer first: one that
+would be cut at 77 tokens fails with its class named instead of being silently truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch import Tensor
+
+from sempt_cli.engine.cache import TensorCache
+from sempt_cli.engine.runtime import resolve_runtime
+from sempt_cli.errors import SemptError
+from sempt_cli.io import sha256_file
+from sempt_cli.knowledge.budget import SPECIAL_TOKENS, description_body
+from sempt_cli.knowledge.generate import knowledge_classnames
+from sempt_cli.knowledge.schema import AttributeFile, load_attribute_file
+from sempt_cli.models.checkpoint import load_learned
+from sempt_cli.models.prompted import PromptedTextTower, PromptSpec
+from sempt_cli.pipeline.teacher import load_teacher
+from sempt_cli.settings import Settings
+
+KIND = "attribute-vectors"
+BODY_FORMAT = "description-v1"
+"""How a description becomes the encoded text (`description_body`): bump when that rule changes."""
+TEXT_CHUNK = 256
+"""Descriptions encoded per forward pass; bounds memory for ImageNet (1000 × 6 texts)."""
+
+
+@dataclass(frozen=True)
+class AttributeEmbeddings:
+    """T_atr [N, S, D] (L2-normalised over D) for `classnames` in label order, and where it is cached."""
+
+    vectors: Tensor
+    classnames: list[str]
+    descriptions: list[list[str]]
+    encoder: str
+    attribute_sha256: str
+    path: Path
+    reused: bool
+
+
+def embed_attributes(
+    teacher_checkpoint: Path,
+    attribute_file: Path,
+    settings: Settings,
+    *,
+    console: Console | None = None,
+) -> AttributeEmbeddings:
+    """T_atr of `attribute_file` with `sempt.attr_encoder`; `settings` also gives cache dir, device, precision.
+
+    The file's class list must be its dataset's list in label order (the teacher's own list when the teacher
+    was trained on that dataset). `data.dataset` is not consulted: the file says which dataset it describes.
+    """
+    console = console or Console(stderr=True)
+    attributes = load_attribute_file(attribute_file)
+    sidecar = load_learned(teacher_checkpoint)
+    meta = sidecar.metadata
+    _check_classes(attributes, meta, attribute_file)
+    encoder = settings.sempt.attr_encoder
+    file_sha = sha256_file(attribute_file)
+    cache = TensorCache(settings.paths.cache_dir / "tensors")
+    inputs: dict[str, Any] = {
+        "teacher": sidecar.sha256, "backbone": meta.get("backbone_identity"), "attributes": file_sha,
+        "encoder": encoder, "prompt": meta["settings"]["prompts"] if encoder == "teacher-prompted" else None,
+        "body": BODY_FORMAT,
+    }
+
+    def compute() -> dict[str, Tensor]:
+        runtime = resolve_runtime(settings.model)
+        teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
+        teacher.eval()
+        tower = _text_tower(teacher, encoder)
+        _check_lengths(tower, attributes)
+        texts = [description_body(text) for row in attributes.descriptions() for text in row]
+        console.print(f"Encoding {len(texts)} descriptions ({len(attributes.classnames)} classes × "
+                      f"{attributes.num_descriptions}) with the {encoder} text encoder ({meta['backbone']}) ...")
+        with torch.no_grad(), runtime.autocast():
+            features = torch.cat([tower(tower.build_prompts(texts[i : i + TEXT_CHUNK])).float()
+                                  for i in range(0, len(texts), TEXT_CHUNK)])
+        vectors = F.normalize(features, dim=-1)
+        return {"vectors": vectors.reshape(len(attributes.classnames), attributes.num_descriptions, -1)}
+
+    tensors, reused = cache.get_or_compute(KIND, inputs, compute)
+    return AttributeEmbeddings(tensors["vectors"], list(attributes.classnames), attributes.descriptions(), encoder,
+                               file_sha, cache.path_for(KIND, inputs), reused)
+
+
+def _check_classes(attributes: AttributeFile, meta: dict[str, Any], path: Path) -> None:
+    """The file must list its dataset's classes in the data layer's label order."""
+    if meta.get("dataset") == attributes.dataset and meta.get("classnames"):
+        expected, source = list(meta["classnames"]), "the teacher's"
+    else:
+        expected, source = knowledge_classnames(attributes.dataset), "sempt's shipped"
+    if attributes.classnames != expected:
+        first = next((i for i, (a, b) in enumerate(zip(attributes.classnames, expected, strict=False)) if a != b),
+                     min(len(expected), len(attributes.classnames)))
+        raise SemptError(
+            f"The attribute file {path} lists {len(attributes.classnames)} classes of {attributes.dataset} that "
+            f"differ from {source} list of {len(expected)} (first difference at label {first}).",
+            "Regenerate it with `sempt gen-attributes` for this dataset.",
+        )
+
+
+def _text_tower(teacher: Any, encoder: str) -> PromptedTextTower:
+    prompted = getattr(teacher, "text", None)
+    if not isinstance(prompted, PromptedTextTower):
+        raise SemptError(f"The teacher ({type(teacher).__name__}) has no prompted text tower to encode descriptions.")
+    if encoder == "teacher-prompted":
+        return prompted
+    clip = getattr(teacher, "clip", None)
+    if clip is None:
+        raise SemptError(f"The teacher ({type(teacher).__name__}) does not expose its frozen backbone.")
+    return PromptedTextTower(clip.model, PromptSpec(0), ctx_init=None, tokenizer=clip.tokenizer).eval()
+
+
+def _prompt_tokens(tower: PromptedTextTower, text: str) -> int:
+    """Tokens of the full prompt with start/end; a tokenizer without `encode` is judged by its padded output."""
+    prompt = f"{tower.prefix} {text}".strip()
+    encode = getattr(tower.tokenizer, "encode", None)
+    if callable(encode):
+        return len(encode(prompt)) + SPECIAL_TOKENS
+    ids = tower.tokenizer([prompt])[0]
+    used = int((ids != 0).sum())
+    return tower.context_length + 1 if int(ids[-1]) != 0 else used
+
+
+def _check_lengths(tower: PromptedTextTower, attributes: AttributeFile) -> None:
+    over = []
+    for entry in attributes.classes:
+        for description in entry.descriptions:
+            needed = _prompt_tokens(tower, description_body(description.text))
+            if needed > tower.context_length:
+                over.append(f"{entry.name!r}: {description.text!r} ({needed} tokens)")
+    if over:
+        more = f" and {len(over) - 3} more" if len(over) > 3 else ""
+        raise SemptError(
+            f"{len(over)} descriptions do not fit the text encoder's {tower.context_length}-token context after the "
+            f"prompt {tower.prefix!r}: {'; '.join(over[:3])}{more}.",
+            "Regenerate the attribute file with this teacher's prompt settings (--text-length, --ctx-init).",
+        )
