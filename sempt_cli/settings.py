@@ -128,6 +128,10 @@ class DataSettings(_Section):
     batch_size: int = Field(4, ge=1, description="Training batch size.")
     eval_batch_size: int = Field(100, ge=1, description="Evaluation batch size.")
     workers: int = Field(4, ge=0, description="DataLoader worker processes.")
+    crop_scale_min: float = Field(
+        0.08, gt=0.0, le=1.0,
+        description="Smallest area fraction of the random resized crop (Dassl 0.08; MMRL's configs use 0.5).",
+    )
     on_corrupt: Literal["error", "skip"] = Field(
         "error", description="A corrupt or missing image stops the run (error) or is skipped and counted (skip)."
     )
@@ -295,6 +299,73 @@ class LLMSettings(_Section):
         return "**********"
 
 
+def _comma_list(value: object) -> object:
+    """Flags and environment variables arrive as text: 'a, b' is the list ['a', 'b'] (TOML gives a real list)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class EvalSettings(_Section):
+    """`sempt eval`: which datasets to score, where records go, how results are aggregated and shown."""
+
+    datasets: list[str] | None = Field(
+        None, description="Comma-separated datasets to score instead of the setting's own list "
+        "(base2novel/few-shot: the training dataset; cross-dataset: source + 10 targets; cross-domain: source + 4).",
+    )
+    results_dir: Path = Field(
+        Path("results/runs"), description="Where evaluation records (JSON) are written and looked up for reuse."
+    )
+    reuse: bool = Field(True, description="Reuse the record of an identical earlier evaluation instead of recomputing.")
+    round_per_seed: bool = Field(
+        False, description="Round each seed's accuracy to 0.1 before averaging, as CoOp's parse_test_res does "
+        "(default: average the exact per-seed values).",
+    )
+    format: Literal["table", "json", "csv", "markdown"] = Field("table", description="Output format of the results.")
+    plots: Path | None = Field(
+        None, description="Folder to write PNG figures into (few-shot curves, HM bars vs the papers); none = no plots."
+    )
+    compare: list[str] | None = Field(
+        None, description="Paper methods to compare with, comma-separated as named in results/paper/ "
+        "(e.g. 'PromptKD,PromptKD w/ SemPT'); 'all' (default) or 'none'.",
+    )
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _dataset_list(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "none"}:
+            return None
+        value = _comma_list(value)
+        if isinstance(value, list):
+            keys = []
+            for name in value:
+                key = canonical_dataset_name(str(name))
+                if key is None:
+                    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
+                keys.append(key)
+            return keys or None
+        return value
+
+    @field_validator("plots", mode="before")
+    @classmethod
+    def _no_plots(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() in {"", "none"} else value
+
+    @field_validator("compare", mode="before")
+    @classmethod
+    def _compare_list(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return None
+        if isinstance(value, str) and value.strip().lower() == "none":
+            return []
+        return _comma_list(value)
+
+    @field_validator("results_dir", "plots")
+    @classmethod
+    def _expand(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+
 class Settings(BaseSettings):
     """Everything a command can be told. `Settings()` alone reads SEMPT_* variables like any pydantic-settings
     model; `load_settings` adds the config file, presets, flags and provenance."""
@@ -312,6 +383,7 @@ class Settings(BaseSettings):
     promptsrc: PromptSRCSettings = Field(default_factory=PromptSRCSettings)
     promptkd: PromptKDSettings = Field(default_factory=PromptKDSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
 
 SECTIONS: dict[str, type[BaseModel]] = {

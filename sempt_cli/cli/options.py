@@ -28,6 +28,7 @@ _PANELS = {
     "promptsrc": "PromptSRC",
     "promptkd": "PromptKD",
     "llm": "LLM (gen-attributes)",
+    "eval": "Evaluation",
 }
 
 

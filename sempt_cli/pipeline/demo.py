@@ -36,7 +36,7 @@ class DemoReport:
         return table
 
 
-def zero_shot(backbone: str, overrides: Mapping[str, Any], console: Console) -> dict[str, float]:
+def zero_shot(backbone: str, overrides: Mapping[str, Any], console: Console | None = None) -> dict[str, float]:
     """Zero-shot base/novel accuracy of a frozen demo CLIP."""
     settings = load_settings({**overrides, "model.backbone": backbone}).settings
     runtime = resolve_runtime(settings.model)

@@ -115,7 +115,8 @@ def distill(
     teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
     teacher.eval()
     size = image_size(clip)
-    dataset = SeededImageDataset(prepared.train.train, clip_train_transform(size), data.seed, data.on_corrupt)
+    augment = clip_train_transform(size, scale=(data.crop_scale_min, 1.0))
+    dataset = SeededImageDataset(prepared.train.train, augment, data.seed, data.on_corrupt)
     signals, mode = _teacher_signals(teacher, vectors, classnames, dataset, settings, runtime, teacher_sha, console)
     method = get_method(baseline)(clip, classnames, settings, None, teacher=signals).to(runtime.device)
     if dist.is_main:

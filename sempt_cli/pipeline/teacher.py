@@ -86,7 +86,8 @@ def build_method(name: str, clip: LoadedClip, classnames: list[str], settings: S
 
 
 def evaluate_protocol(
-    method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, image_size: int, console: Console
+    method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, image_size: int,
+    console: Console | None = None,
 ) -> dict[str, Any]:
     """Scores as the papers report them: base and novel separately (+HM) for base-to-novel, else all classes."""
     from sempt_cli.data.transforms import clip_test_transform
@@ -145,9 +146,8 @@ def train_teacher(
             f"{runtime.describe()} · run {run_dir}"
         )
     size = image_size(clip)
-    dataset = SeededImageDataset(
-        prepared.train.train, clip_train_transform(size), settings.data.seed, settings.data.on_corrupt
-    )
+    augment = clip_train_transform(size, scale=(settings.data.crop_scale_min, 1.0))
+    dataset = SeededImageDataset(prepared.train.train, augment, settings.data.seed, settings.data.on_corrupt)
     result = Trainer(method, dataset, settings, run_dir, runtime, dist, console).fit(stop_after_steps)
     if not result.finished:
         return TeacherRun(run_dir, checkpoint, {})
