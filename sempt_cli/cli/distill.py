@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from sempt_cli.cli.options import overrides_from_options, settings_options
+from sempt_cli.cli.render import print_run
 from sempt_cli.errors import SemptError, SettingsError
 
 
@@ -35,9 +35,4 @@ def distill(
             "Pass --no-sempt to run the pure baseline.",
         )
     result = run(baseline, teacher, resolved, console=Console(stderr=True))
-    table = Table(title=f"{baseline} student on {resolved.settings.data.dataset}")
-    for key in result.metrics:
-        table.add_column(key)
-    table.add_row(*(f"{value:.2f}" for value in result.metrics.values()))
-    Console().print(table)
-    Console().print(f"Checkpoint: {result.checkpoint}")
+    print_run(f"{baseline} student on {resolved.settings.data.dataset}", result.metrics, result.checkpoint)

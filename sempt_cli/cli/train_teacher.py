@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from sempt_cli.cli.options import overrides_from_options, settings_options
+from sempt_cli.cli.render import print_run
 from sempt_cli.errors import SettingsError
 
 TEACHER_METHODS = ("promptsrc", "ivlp", "coop", "vpt")
@@ -21,19 +21,11 @@ def train_teacher(
 ) -> None:
     """Train a prompt learner (by default PromptSRC with the official hyper-parameters of the chosen setting),
     save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run."""
-    from sempt_cli.methods import get_method
     from sempt_cli.pipeline.teacher import resolve_with_preset
     from sempt_cli.pipeline.teacher import train_teacher as run
 
     if method not in TEACHER_METHODS:
         raise SettingsError(f"Unknown teacher method {method!r}; choose one of {', '.join(TEACHER_METHODS)}.")
-    get_method(method)
     resolved = resolve_with_preset(method, overrides_from_options(options), config_file=options.get("opt__config"))
-    console = Console(stderr=True)
-    result = run(method, resolved, console=console)
-    table = Table(title=f"{method} on {resolved.settings.data.dataset}")
-    for key in result.metrics:
-        table.add_column(key)
-    table.add_row(*(f"{value:.2f}" for value in result.metrics.values()))
-    Console().print(table)
-    Console().print(f"Checkpoint: {result.checkpoint}")
+    result = run(method, resolved, console=Console(stderr=True))
+    print_run(f"{method} on {resolved.settings.data.dataset}", result.metrics, result.checkpoint)

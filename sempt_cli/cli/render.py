@@ -1,0 +1,20 @@
+"""Rich rendering shared by the training commands."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_run(title: str, metrics: Mapping[str, float], checkpoint: Path) -> None:
+    """One-row table of a finished run's metrics, then where its checkpoint is."""
+    table = Table(title=title)
+    for key in metrics:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{value:.2f}" for value in metrics.values()))
+    console = Console()
+    console.print(table)
+    console.print(f"Checkpoint: {checkpoint}")
