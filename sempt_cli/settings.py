@@ -127,7 +127,10 @@ class DataSettings(_Section):
     subsample: Subsample = Field("base", description="Class subset to train on: all, base or new.")
     batch_size: int = Field(4, ge=1, description="Training batch size.")
     eval_batch_size: int = Field(100, ge=1, description="Evaluation batch size.")
-    workers: int = Field(4, ge=0, description="DataLoader worker processes.")
+    workers: int = Field(
+        default_factory=lambda: min(8, os.cpu_count() or 1),
+        ge=0, description="DataLoader worker processes (default: the official 8, at most one per CPU core).",
+    )
     crop_scale_min: float = Field(
         0.08, gt=0.0, le=1.0,
         description="Smallest area fraction of the random resized crop (Dassl 0.08; MMRL's configs use 0.5).",
