@@ -12,7 +12,8 @@ from sempt_cli.cli.options import overrides_from_options, settings_options
 @settings_options("paths", "model")
 def demo(options: dict[str, Any]) -> None:
     """Generate the demo world, score the zero-shot demo CLIPs, train a PromptSRC teacher on the base classes,
-    evaluate base/novel, and cache its class vectors. Resumable: re-run after an interruption."""
+    cache its class vectors, distill a PromptKD student, and print base/novel/HM for each. Resumable: re-run
+    after an interruption and it continues where it stopped."""
     from sempt_cli.pipeline.demo import run_demo
 
     report = run_demo(overrides_from_options(options))

@@ -16,6 +16,7 @@ from sempt_cli.engine.runtime import resolve_runtime
 from sempt_cli.models.factory import DEMO_STUDENT, DEMO_TEACHER
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.data import prepare_data
+from sempt_cli.pipeline.distill import distill, resolve_distill_settings
 from sempt_cli.pipeline.embed import embed_classes
 from sempt_cli.pipeline.teacher import build_method, evaluate_protocol, image_size, resolve_with_preset, train_teacher
 from sempt_cli.settings import load_settings
@@ -47,7 +48,8 @@ def zero_shot(backbone: str, overrides: Mapping[str, Any], console: Console | No
 
 
 def run_demo(overrides: Mapping[str, Any] | None = None, console: Console | None = None) -> DemoReport:
-    """Zero-shot teacher and student, then a PromptSRC teacher trained on the base classes, its class vectors."""
+    """Zero-shot teacher and student; a PromptSRC teacher trained on the base classes and its class vectors;
+    a PromptKD student distilled from it on all unlabelled training images."""
     console = console or Console(stderr=True)
     overrides = {"data.dataset": "demo", **(overrides or {})}
     report = DemoReport()
@@ -58,4 +60,7 @@ def run_demo(overrides: Mapping[str, Any] | None = None, console: Console | None
     report.rows.append(("PromptSRC teacher (trained on base)", teacher.metrics))
     vectors = embed_classes(teacher.checkpoint, resolved.settings, console=console)
     console.print(f"Teacher class vectors for all {len(vectors.classnames)} classes cached at {vectors.path}")
+    student_settings = resolve_distill_settings("promptkd", teacher.checkpoint, {**overrides, "sempt.enabled": False})
+    student = distill("promptkd", teacher.checkpoint, student_settings, console=console)
+    report.rows.append(("PromptKD student (distilled, unlabelled)", student.metrics))
     return report
