@@ -12,6 +12,7 @@ from sempt_cli.cli.demo import demo
 from sempt_cli.cli.distill import distill
 from sempt_cli.cli.embed import embed
 from sempt_cli.cli.errors import report
+from sempt_cli.cli.eval import eval_command
 from sempt_cli.cli.gen_attributes import gen_attributes
 from sempt_cli.cli.train_teacher import train_teacher
 from sempt_cli.errors import SemptError
@@ -30,6 +31,7 @@ app.command("train-teacher")(train_teacher)
 app.command("embed")(embed)
 app.command("gen-attributes")(gen_attributes)
 app.command("distill")(distill)
+app.command("eval")(eval_command)
 app.command("demo")(demo)
 
 

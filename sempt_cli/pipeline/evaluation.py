@@ -16,6 +16,7 @@ reuses it, an interrupted one resumes, and datasets that were missing on disk ar
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 from abc import ABC, abstractmethod
@@ -218,7 +219,7 @@ class _Teacher(_Model):
             pretrained=meta.get("pretrained", self.settings.model.pretrained), shots=self.settings.data.shots,
             seed=self.settings.data.seed, config_hash=config_hash(self.settings), train_dataset=meta["dataset"],
             train_setting=meta["setting"], checkpoint=str(sidecar.path), checkpoint_sha256=sidecar.sha256,
-            backbone_identity=meta.get("backbone_identity"),
+            backbone_identity=meta.get("backbone_identity"), variant=str(meta.get("variant", "")),
         )
         self.key_parts = {"kind": "teacher", "checkpoint": sidecar.sha256}
         self.method: Method | None = None
@@ -249,15 +250,19 @@ class _Student(_Model):
         self.sidecar = sidecar
         self.current = current
         self.settings = _rebuilt_settings(meta, current)
-        self.teacher = _verified_teacher(meta, teacher)
+        self.teacher = Path(teacher or meta["teacher_checkpoint"])  # verified only if something needs scoring
         self.info = ModelInfo(
             kind="student", method=meta["method"], backbone=meta["backbone"],
             pretrained=self.settings.model.pretrained, shots=self.settings.data.shots, seed=self.settings.data.seed,
             config_hash=config_hash(self.settings), train_dataset=meta["dataset"], train_setting=meta["setting"],
             checkpoint=str(sidecar.path), checkpoint_sha256=sidecar.sha256, teacher_checkpoint=str(self.teacher),
             teacher_sha256=meta["teacher_sha256"], backbone_identity=meta.get("backbone_identity"),
+            variant=str(meta.get("variant", "")),  # e.g. 'w/ SemPT', written by the pipeline that trained it
         )
         self.key_parts = {"kind": "student", "checkpoint": sidecar.sha256, "teacher": meta["teacher_sha256"]}
+
+    def loaded(self, runtime: Runtime) -> None:
+        _verify_teacher(self.teacher, self.sidecar.metadata["teacher_sha256"])
 
     def method_for(self, dataset: str, classnames: list[str], runtime: Runtime, console: Console) -> Method:
         from sempt_cli.pipeline.embed import embed_classes
@@ -273,9 +278,8 @@ class _Student(_Model):
         return method
 
 
-def _verified_teacher(meta: dict[str, Any], override: Path | None) -> Path:
-    """The student's teacher checkpoint (recorded path, or `override`), checked to be the very same file."""
-    path = Path(override or meta["teacher_checkpoint"])
+def _verify_teacher(path: Path, expected_sha256: str) -> None:
+    """The student's class vectors must come from the very teacher it was distilled from."""
     try:
         sha = load_learned(path).sha256
     except WeightsError as exc:
@@ -283,10 +287,9 @@ def _verified_teacher(meta: dict[str, Any], override: Path | None) -> Path:
             f"The student's teacher checkpoint is needed for its class vectors, but {exc.message}",
             "Pass its current location with --teacher.",
         ) from None
-    if sha != meta["teacher_sha256"]:
+    if sha != expected_sha256:
         raise WeightsError(f"{path} is not the teacher this student was distilled from (sha256 differs).",
                            "Pass the right teacher checkpoint with --teacher.")
-    return path
 
 
 class _ZeroShot(_Model):
@@ -350,8 +353,13 @@ def _record_path(settings: Settings, info: ModelInfo, setting: str, source: str,
     return settings.eval.results_dir / setting / source / f"{safe}-seed{info.seed}-{key}.json"
 
 
+@functools.lru_cache(maxsize=8)
+def _demo_root(cache_dir: Path) -> Path:
+    return ensure_demo_world(cache_dir)  # checking an existing world still re-derives it (seconds): once is enough
+
+
 def _data_root(dataset: str, settings: Settings) -> Path:
-    return ensure_demo_world(settings.paths.cache_dir) if dataset == DEMO_KEY else settings.paths.data_root
+    return _demo_root(settings.paths.cache_dir) if dataset == DEMO_KEY else settings.paths.data_root
 
 
 def _score_dataset(model: _Model, dataset: str, setting: str, settings: Settings, runtime: Runtime,
@@ -382,6 +390,16 @@ def _score_dataset(model: _Model, dataset: str, setting: str, settings: Settings
                          time.perf_counter() - started)
 
 
+def _settings_record(model: Settings, current: Settings, setting: str, planned: list[str],
+                     numerics: dict[str, str]) -> dict[str, Any]:
+    """The model's own settings (as trained, today's paths) and, under `eval`, how it was evaluated."""
+    dumped = model.model_dump(mode="json")
+    dumped.pop("llm", None)
+    dumped["eval"] = {**current.eval.model_dump(mode="json"), "setting": setting, "datasets": planned, **numerics,
+                      "eval_batch_size": current.data.eval_batch_size, "workers": current.data.workers}
+    return dumped
+
+
 def _evaluate(model: _Model, settings: Settings, setting: str, datasets: Sequence[str] | None, runtime: Runtime,
               console: Console, command: Sequence[str] | None) -> EvalRecord:
     source = model.info.train_dataset or settings.data.dataset
@@ -390,7 +408,12 @@ def _evaluate(model: _Model, settings: Settings, setting: str, datasets: Sequenc
                 "on_corrupt": settings.data.on_corrupt}
     key = stable_hash(RECORD_FORMAT, __version__, model.key_parts, setting, planned, numerics, length=16)
     path = _record_path(settings, model.info, setting, source, key)
-    record = load_record(path) if settings.eval.reuse and path.is_file() else None
+    record = None
+    if settings.eval.reuse and path.is_file():
+        try:
+            record = load_record(path)
+        except SemptError as exc:
+            console.print(f"[yellow]{exc.message}[/] Evaluating again.")
     done = {} if record is None else {d: r for d, r in record.results.items() if r.status == "ok"}
     todo = [d for d in planned if d not in done]
     if record is not None and not todo:
@@ -401,10 +424,8 @@ def _evaluate(model: _Model, settings: Settings, setting: str, datasets: Sequenc
     started = time.perf_counter()
     record = EvalRecord(
         key=key, setting=setting, model=model.info, datasets=planned, results=dict(done), comparable=comparable,
-        comparability_note=note, paper_backbone=backbone, data_root=str(settings.paths.data_root),
-        settings={"model": model.settings.model_dump(mode="json"),
-                  "eval": {"setting": setting, "datasets": planned, **numerics,
-                           "eval_batch_size": settings.data.eval_batch_size, "workers": settings.data.workers}},
+        comparability_note=note, paper_backbone=backbone, data_root=str(_data_root(source, settings)),
+        settings=_settings_record(model.settings, settings, setting, planned, numerics),
         versions=_versions(),
         timings={"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0,
                  "reused_datasets": sorted(done)},

@@ -88,6 +88,9 @@ class ModelInfo:
     teacher_checkpoint: str | None = None
     teacher_sha256: str | None = None
     backbone_identity: str | None = None
+    variant: str = ""
+    """What the method name alone does not say, e.g. 'w/ SemPT' (the sidecar's `variant`, set by the training
+    pipeline; the settings' `sempt.enabled` is not evidence, since the baselines ignore it)."""
 
 
 @dataclass
@@ -217,13 +220,15 @@ class Group:
     comparable: bool
     comparability_note: str
     paper_backbone: str | None
+    variant: str = ""
     cells: dict[str, dict[str, Stat]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     records: list[EvalRecord] = field(default_factory=list)
 
     @property
     def title(self) -> str:
-        return METHOD_TITLES.get(self.method, self.method)
+        """The method as the papers spell it ('PromptKD', 'PromptKD w/ SemPT')."""
+        return " ".join(filter(None, (METHOD_TITLES.get(self.method, self.method), self.variant)))
 
     @property
     def label(self) -> str:
@@ -236,7 +241,9 @@ class Group:
     @property
     def slug(self) -> str:
         """File-name form of the group, for figures."""
-        raw = f"{self.setting}-{self.method}-{self.kind}-{self.backbone}-{self.shots}shot"
+        who = self.method if self.method == self.kind else f"{self.method}-{self.kind}"
+        who += "-sempt" if self.variant else ""
+        raw = f"{self.setting}-{who}-{self.backbone}-{self.shots}shot"
         return "".join(c if c.isalnum() or c in "-_." else "_" for c in raw)
 
     @property
@@ -266,7 +273,7 @@ class Group:
 
 def _group_key(record: EvalRecord) -> tuple[Any, ...]:
     m = record.model
-    return (m.kind, m.method, m.backbone, m.pretrained, record.setting, m.shots)
+    return (m.kind, m.method, m.variant, m.backbone, m.pretrained, record.setting, m.shots)
 
 
 def aggregate(records: Iterable[EvalRecord], round_per_seed: bool = False) -> list[Group]:
@@ -287,7 +294,7 @@ def aggregate(records: Iterable[EvalRecord], round_per_seed: bool = False) -> li
         if group is None:
             group = groups[key] = Group(
                 m.kind, m.method, m.backbone, m.pretrained, record.setting, m.shots, record.comparable,
-                record.comparability_note, record.paper_backbone,
+                record.comparability_note, record.paper_backbone, m.variant,
             )
         group.records.append(record)
         if not record.comparable and group.comparable:
