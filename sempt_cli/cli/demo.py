@@ -9,12 +9,15 @@ from rich.console import Console
 from sempt_cli.cli.options import overrides_from_options, settings_options
 
 
-@settings_options("paths", "model")
+@settings_options("paths", "model", "eval")
 def demo(options: dict[str, Any]) -> None:
     """Generate the demo world, score the zero-shot demo CLIPs, train a PromptSRC teacher on the base classes,
     cache its class vectors, distill a PromptKD student, and print base/novel/HM for each. Resumable: re-run
     after an interruption and it continues where it stopped."""
     from sempt_cli.pipeline.demo import run_demo
+    from sempt_cli.report.tables import build_comparisons, rich_tables
 
     report = run_demo(overrides_from_options(options))
-    Console().print(report.table())
+    out = Console()
+    for table in rich_tables(build_comparisons(report.groups)):
+        out.print(table)
