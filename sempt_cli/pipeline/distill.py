@@ -152,6 +152,7 @@ def _teacher_signals(
         return teacher.image_embeddings(batch.images)
 
     if settings.promptkd.recompute_teacher:
+        teacher.text.truncate = False  # the official per-step cost: all 77 positions (features equal up to rounding)
         return TeacherSignals(lambda: teacher.class_embeddings(classnames), live_images, scale), \
             "reference mode: teacher text and image encoders recomputed every step"
     plan = plan_cache(len(dataset), int(vectors.shape[1]), settings.train.epochs, settings.promptkd.teacher_cache_gb)
