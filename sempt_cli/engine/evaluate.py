@@ -1,8 +1,12 @@
-"""Evaluation: class embeddings once per evaluation (never per batch), then one matmul per image batch."""
+"""Evaluation: class embeddings once per evaluation (never per batch), then one matmul per image batch.
+
+A *view* is a block of a dataset's class list whose test images are scored among those classes only: base
+and novel for base-to-novel (the papers' protocol), and all classes competing (an extra). One pass encodes
+each test image once, however many views score it.
+"""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,66 +15,94 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
-from torch.utils.data import DataLoader
 
-from sempt_cli.data.images import ImageDataset, OnCorrupt
 from sempt_cli.data.records import Sample
+from sempt_cli.data.subsample import split_base_new
 from sempt_cli.engine.runtime import Runtime
 from sempt_cli.methods.base import Method
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Micro top-1 accuracy in percent, as Dassl's `Classification` evaluator reports it."""
-
-    accuracy: float
-    correct: int
-    total: int
-    seconds: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"accuracy": self.accuracy, "correct": self.correct, "total": self.total, "seconds": self.seconds}
-
-
-@torch.no_grad()
-def evaluate(
-    method: Method,
-    samples: Sequence[Sample],
-    classnames: Sequence[str],
-    transform: Callable[[Any], Tensor],
-    runtime: Runtime,
-    *,
-    batch_size: int = 100,
-    workers: int = 0,
-    on_corrupt: OnCorrupt = "error",
-    class_embeddings: Tensor | None = None,
-    description: str = "eval",
-    console: Console | None = None,
-) -> EvalResult:
-    """Accuracy of `method` on `samples` whose labels index `classnames` (a base, novel or full class list)."""
-    started = time.perf_counter()
-    was_training = method.training
-    method.eval()
-    with runtime.autocast():
-        if class_embeddings is None:
-            class_embeddings = method.class_embeddings(classnames)
-        loader = DataLoader(ImageDataset(samples, transform, on_corrupt), batch_size=batch_size, num_workers=workers)
-        correct = total = 0
-        progress = Progress(TextColumn(f"[bold green]{description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console or Console(stderr=True), transient=True)
-        with progress:
-            task = progress.add_task(description, total=len(samples))
-            for images, labels, _ in loader:
-                images = images.to(runtime.device, non_blocking=True)
-                logits = method.logits(method.image_embeddings(images), class_embeddings)
-                correct += int((logits.argmax(dim=-1).cpu() == labels).sum())
-                total += len(labels)
-                progress.update(task, advance=len(labels))
-    method.train(was_training)
-    accuracy = 100.0 * correct / max(total, 1)
-    return EvalResult(accuracy, correct, total, time.perf_counter() - started)
 
 
 def harmonic_mean(base: float, novel: float) -> float:
     """HM = 2·B·N / (B + N), the base-to-novel headline number."""
     return 0.0 if base + novel == 0 else 2 * base * novel / (base + novel)
+
+
+@dataclass(frozen=True)
+class View:
+    """A block [start, stop) of a dataset's class list: its test images are scored among these classes only."""
+
+    name: str
+    start: int
+    stop: int
+
+
+def views_for(setting: str, num_classes: int) -> list[View]:
+    """base2novel: base (first ceil(n/2) labels), novel (the rest, relabelled) and all; else all classes."""
+    if setting == "base2novel":
+        m, _ = split_base_new(num_classes)
+        return [View("base", 0, m), View("novel", m, num_classes), View("all", 0, num_classes)]
+    return [View("accuracy", 0, num_classes)]
+
+
+def metrics_from_counts(setting: str, counts: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Micro top-1 accuracy in percent per view (Dassl's evaluator), plus HM for base-to-novel."""
+    metrics = {name: 100.0 * c["correct"] / max(c["total"], 1) for name, c in counts.items()}
+    if setting == "base2novel":
+        metrics["hm"] = harmonic_mean(metrics["base"], metrics["novel"])
+        metrics = {k: metrics[k] for k in ("base", "novel", "hm", "all")}
+    return metrics
+
+
+@torch.no_grad()
+def score_views(
+    method: Method,
+    samples: Sequence[Sample],
+    classnames: Sequence[str],
+    views: Sequence[View],
+    transform: Callable[[Any], Tensor],
+    runtime: Runtime,
+    *,
+    batch_size: int = 100,
+    workers: int = 0,
+    on_corrupt: str = "error",
+    description: str = "eval",
+    console: Console | None = None,
+) -> tuple[dict[str, dict[str, int]], int]:
+    """Correct/total per view from one pass over `samples` (each image is encoded once, however many views
+    score it), and the number of unreadable images left out (with `on_corrupt = skip`; the loader would
+    otherwise substitute a neighbour, which would count one image twice)."""
+    from torch.utils.data import DataLoader
+
+    from sempt_cli.data.images import ImageDataset
+
+    method.eval()
+    counts = {v.name: {"correct": 0, "total": 0} for v in views}
+    unreadable = position = 0
+    with runtime.autocast():
+        embeddings = {v.name: method.class_embeddings(list(classnames[v.start : v.stop])) for v in views}
+        loader = DataLoader(ImageDataset(samples, transform, on_corrupt),  # type: ignore[arg-type]
+                            batch_size=batch_size, num_workers=workers)
+        progress = Progress(TextColumn(f"[bold green]{description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console or Console(stderr=True), transient=True)
+        with progress:
+            task = progress.add_task(description, total=len(samples))
+            for images, labels, returned in loader:
+                requested = torch.arange(position, position + len(labels))
+                position += len(labels)
+                progress.update(task, advance=len(labels))
+                keep = returned == requested
+                if not bool(keep.all()):
+                    unreadable += int((~keep).sum())
+                    images, labels = images[keep], labels[keep]
+                if len(labels) == 0:
+                    continue
+                features = method.image_embeddings(images.to(runtime.device, non_blocking=True))
+                for view in views:
+                    mask = (labels >= view.start) & (labels < view.stop)
+                    if not bool(mask.any()):
+                        continue
+                    logits = method.logits(features[mask.to(features.device)], embeddings[view.name])
+                    predicted = logits.argmax(dim=-1).cpu() + view.start
+                    counts[view.name]["correct"] += int((predicted == labels[mask]).sum())
+                    counts[view.name]["total"] += int(mask.sum())
+    return counts, unreadable

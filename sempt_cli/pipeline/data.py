@@ -64,8 +64,3 @@ def prepare_data(settings: Settings, console: Console | None = None) -> Prepared
                 console.print(f"[yellow]Skipped {len(bad)} unreadable training image(s)[/], e.g. {bad[0][0]}")
     num_base, _ = split_base_new(full.num_classes)
     return PreparedData(full, train, num_base)
-
-
-def test_split(prepared: PreparedData, subset: str) -> DatasetSplits:
-    """The test images of `subset` (base, new or all), relabelled within that subset as the ecosystem does."""
-    return subsample_classes(prepared.full, subset)  # type: ignore[arg-type]

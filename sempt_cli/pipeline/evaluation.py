@@ -20,7 +20,7 @@ import functools
 import platform
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,13 +28,12 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
 from sempt_cli import __version__
-from sempt_cli.data import DEMO_KEY, Sample, load_dataset, split_base_new
+from sempt_cli.data import DEMO_KEY, load_dataset
 from sempt_cli.data.demo import ensure_demo_world
-from sempt_cli.engine.evaluate import harmonic_mean
+from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_for
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.errors import DatasetError, SemptError, WeightsError
 from sempt_cli.io import atomic_write_json, stable_hash
@@ -77,87 +76,6 @@ def default_datasets(setting: str, source: str) -> list[str]:
     if setting == "cross-domain":
         return [source, *(d for d in DOMAIN_SHIFT_DATASETS if d != source)]
     return [source]
-
-
-@dataclass(frozen=True)
-class View:
-    """A block [start, stop) of a dataset's class list: its test images are scored among these classes only."""
-
-    name: str
-    start: int
-    stop: int
-
-
-def views_for(setting: str, num_classes: int) -> list[View]:
-    """base2novel: base (first ceil(n/2) labels), novel (the rest, relabelled) and all; else all classes."""
-    if setting == "base2novel":
-        m, _ = split_base_new(num_classes)
-        return [View("base", 0, m), View("novel", m, num_classes), View("all", 0, num_classes)]
-    return [View("accuracy", 0, num_classes)]
-
-
-def metrics_from_counts(setting: str, counts: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Micro top-1 accuracy in percent per view (Dassl's evaluator), plus HM for base-to-novel."""
-    metrics = {name: 100.0 * c["correct"] / max(c["total"], 1) for name, c in counts.items()}
-    if setting == "base2novel":
-        metrics["hm"] = harmonic_mean(metrics["base"], metrics["novel"])
-        metrics = {k: metrics[k] for k in ("base", "novel", "hm", "all")}
-    return metrics
-
-
-@torch.no_grad()
-def score_views(
-    method: Method,
-    samples: Sequence[Sample],
-    classnames: Sequence[str],
-    views: Sequence[View],
-    transform: Callable[[Any], Tensor],
-    runtime: Runtime,
-    *,
-    batch_size: int = 100,
-    workers: int = 0,
-    on_corrupt: str = "error",
-    description: str = "eval",
-    console: Console | None = None,
-) -> tuple[dict[str, dict[str, int]], int]:
-    """Correct/total per view from one pass over `samples` (each image is encoded once, however many views
-    score it), and the number of unreadable images left out (with `on_corrupt = skip`; the loader would
-    otherwise substitute a neighbour, which would count one image twice)."""
-    from torch.utils.data import DataLoader
-
-    from sempt_cli.data.images import ImageDataset
-
-    method.eval()
-    counts = {v.name: {"correct": 0, "total": 0} for v in views}
-    unreadable = position = 0
-    with runtime.autocast():
-        embeddings = {v.name: method.class_embeddings(list(classnames[v.start : v.stop])) for v in views}
-        loader = DataLoader(ImageDataset(samples, transform, on_corrupt),  # type: ignore[arg-type]
-                            batch_size=batch_size, num_workers=workers)
-        progress = Progress(TextColumn(f"[bold green]{description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console or Console(stderr=True), transient=True)
-        with progress:
-            task = progress.add_task(description, total=len(samples))
-            for images, labels, returned in loader:
-                requested = torch.arange(position, position + len(labels))
-                position += len(labels)
-                progress.update(task, advance=len(labels))
-                keep = returned == requested
-                if not bool(keep.all()):
-                    unreadable += int((~keep).sum())
-                    images, labels = images[keep], labels[keep]
-                if len(labels) == 0:
-                    continue
-                features = method.image_embeddings(images.to(runtime.device, non_blocking=True))
-                for view in views:
-                    mask = (labels >= view.start) & (labels < view.stop)
-                    if not bool(mask.any()):
-                        continue
-                    logits = method.logits(features[mask.to(features.device)], embeddings[view.name])
-                    predicted = logits.argmax(dim=-1).cpu() + view.start
-                    counts[view.name]["correct"] += int((predicted == labels[mask]).sum())
-                    counts[view.name]["total"] += int(mask.sum())
-    return counts, unreadable
 
 
 # ------------------------------------------------------------------------------------------------------ models

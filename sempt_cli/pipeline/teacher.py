@@ -20,7 +20,7 @@ from rich.console import Console
 from sempt_cli import __version__
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.distributed import DistContext, init_distributed
-from sempt_cli.engine.evaluate import evaluate, harmonic_mean
+from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_for
 from sempt_cli.engine.loader import SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.engine.trainer import Trainer
@@ -30,7 +30,7 @@ from sempt_cli.models.checkpoint import load_learned, save_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
-from sempt_cli.pipeline.data import PreparedData, prepare_data, test_split
+from sempt_cli.pipeline.data import PreparedData, prepare_data
 from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 CHECKPOINT_NAME = "model"
@@ -89,23 +89,17 @@ def evaluate_protocol(
     method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, image_size: int,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Scores as the papers report them: base and novel separately (+HM) for base-to-novel, else all classes."""
+    """Scores as the papers report them (base and novel separately, HM) plus all classes competing; the same
+    one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly."""
     from sempt_cli.data.transforms import clip_test_transform
 
-    transform = clip_test_transform(image_size)
-    common = {"batch_size": settings.data.eval_batch_size, "workers": settings.data.workers,
-              "on_corrupt": settings.data.on_corrupt, "console": console}
-    if settings.data.setting == "base2novel":
-        scores = {}
-        for subset, key in (("base", "base"), ("new", "novel")):
-            split = test_split(prepared, subset)
-            result = evaluate(method, split.test, split.classnames, transform, runtime, description=key, **common)
-            scores[key] = result.accuracy
-        scores["hm"] = harmonic_mean(scores["base"], scores["novel"])
-        return scores
-    result = evaluate(method, prepared.full.test, prepared.full.classnames, transform, runtime,
-                      description="test", **common)
-    return {"accuracy": result.accuracy}
+    full = prepared.full
+    counts, _ = score_views(
+        method, full.test, full.classnames, views_for(settings.data.setting, full.num_classes),
+        clip_test_transform(image_size), runtime, batch_size=settings.data.eval_batch_size,
+        workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, console=console,
+    )
+    return metrics_from_counts(settings.data.setting, counts)
 
 
 def image_size(clip: LoadedClip) -> int:

@@ -60,7 +60,7 @@ def test_teacher_modes_train_the_same_student(teacher_checkpoint: Path, demo_cac
     for key in states[0]:
         torch.testing.assert_close(states[1][key], states[2][key], rtol=1e-4, atol=1e-5)  # both fp32 teacher
         torch.testing.assert_close(states[0][key], states[2][key], rtol=2e-2, atol=2e-3)  # fp16 feature storage
-    assert set(cached.metrics) == {"base", "novel", "hm"}
+    assert set(cached.metrics) == {"base", "novel", "hm", "all"}
 
 
 def test_student_scores_base_and_novel_against_the_right_rows(teacher_checkpoint: Path, demo_cache: Path,

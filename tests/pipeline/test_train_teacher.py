@@ -34,7 +34,7 @@ def test_promptsrc_resume_equals_uninterrupted(demo_cache: Path, tmp_path: Path)
     for key in a:
         assert (a[key] == b[key]).all(), key
     assert resumed.metrics == full.metrics
-    assert set(full.metrics) == {"base", "novel", "hm"}
+    assert set(full.metrics) == {"base", "novel", "hm", "all"}
 
 
 def test_presets_sit_below_user_values(demo_cache: Path, tmp_path: Path) -> None:
