@@ -11,7 +11,9 @@ from sempt_cli.cli.options import overrides_from_options, settings_options
 
 @settings_options("paths", "model", "eval")
 def demo(options: dict[str, Any]) -> None:
-    """Generate the demo world, score the zero-shot demo CLIPs, train a PromptSRC teacher on the base classes,
+    """Run the whole pipeline on the built-in demo world (CPU, minutes).
+
+    Generate the demo world, score the zero-shot demo CLIPs, train a PromptSRC teacher on the base classes,
     cache its class vectors, distill a PromptKD student, and print base/novel/HM for each. Resumable: re-run
     after an interruption and it continues where it stopped."""
     from sempt_cli.pipeline.demo import run_demo

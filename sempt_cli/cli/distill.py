@@ -19,7 +19,9 @@ def distill(
     teacher: Annotated[Path, typer.Option("--teacher", help="Teacher checkpoint (model.safetensors of a run).")],
     baseline: Annotated[str, typer.Option("--baseline", help="Distillation baseline: promptkd.")] = "promptkd",
 ) -> None:
-    """Distill the teacher into a student on the dataset's unlabelled training images, with the official
+    """Distill a teacher into a student (PromptKD) on unlabelled images.
+
+    Distill the teacher into a student on the dataset's unlabelled training images, with the official
     hyper-parameters as defaults; student backbone, dataset and setting follow the teacher unless given.
     Teacher class vectors and image features are cached (see --teacher-cache-gb, --recompute-teacher)."""
     from sempt_cli.pipeline.distill import BASELINES, resolve_distill_settings

@@ -19,7 +19,9 @@ def embed(
         Path | None, typer.Option("--attributes", help="Attribute file (attributes/<dataset>.json): also encode T_atr.")
     ] = None,
 ) -> None:
-    """Compute the teacher's text features for all classes (base and novel) once; later commands reuse them.
+    """Cache a teacher's class vectors (and description vectors) for all classes.
+
+    Compute the teacher's text features for all classes (base and novel) once; later commands reuse them.
     With --dataset other than the teacher's, the target dataset's classes are encoded (cross-dataset).
     With --attributes, also the descriptions (T_atr, N×S×d) with the encoder chosen by --attr-encoder."""
     from sempt_cli.pipeline.embed import embed_classes

@@ -33,7 +33,9 @@ def eval_command(
         Path | None, typer.Option("--teacher", help="A student's teacher checkpoint, if it moved since distillation.")
     ] = None,
 ) -> None:
-    """Score checkpoints under base-to-novel, cross-dataset, cross-domain or few-shot evaluation (default: the
+    """Evaluate checkpoints under the papers' protocols, beside the papers' numbers.
+
+    Score checkpoints under base-to-novel, cross-dataset, cross-domain or few-shot evaluation (default: the
     protocol each was trained for; --setting to choose) and print ours vs. the papers with deltas. Seeds are
     averaged (mean ± population std). Records are written under --results-dir and reused when identical."""
     from sempt_cli.pipeline.evaluation import evaluate_runs

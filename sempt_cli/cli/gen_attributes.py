@@ -27,7 +27,9 @@ def gen_attributes(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file made differently.")] = False,
 ) -> None:
-    """Ask an LLM (any OpenAI-compatible endpoint) for a shared attribute vocabulary and S attribute-grounded
+    """Build attributes/<dataset>.json with an LLM (two-step, one-step or names).
+
+    Ask an LLM (any OpenAI-compatible endpoint) for a shared attribute vocabulary and S attribute-grounded
     descriptions per class, validate every answer, and write the attribute file atomically.
 
     Works from the class lists sempt ships (no images needed); with --data-root it also checks them against

@@ -19,7 +19,9 @@ def train_teacher(
     options: dict[str, Any],
     method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(TEACHER_METHODS)}.")] = "promptsrc",
 ) -> None:
-    """Train a prompt learner (by default PromptSRC with the official hyper-parameters of the chosen setting),
+    """Train a prompt learner (PromptSRC, IVLP, CoOp, VPT) and evaluate it.
+
+    Train a prompt learner (by default PromptSRC with the official hyper-parameters of the chosen setting),
     save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run."""
     from sempt_cli.pipeline.teacher import resolve_with_preset
     from sempt_cli.pipeline.teacher import train_teacher as run
