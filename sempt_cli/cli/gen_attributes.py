@@ -38,10 +38,10 @@ def gen_attributes(
     Strategies: two-step (default), one-step, names (no LLM), ground-truth (demo world only, no LLM)."""
     from sempt_cli.data import DEMO_KEY
     from sempt_cli.knowledge import (
+        all_classnames,
         check_against_data,
         default_output,
         generate_attributes,
-        knowledge_classnames,
         load_attribute_file,
         make_client,
         plan_requests,
@@ -54,7 +54,7 @@ def gen_attributes(
     settings = resolved.settings
     dataset, strategy = settings.data.dataset, settings.llm.strategy
     err, out = Console(stderr=True, highlight=False, soft_wrap=True), Console(highlight=False, soft_wrap=True)
-    classnames = knowledge_classnames(dataset)
+    classnames = all_classnames(dataset)
     if dataset != DEMO_KEY and resolved.sources["paths.data_root"] != "default":
         err.print(f"Checking the class list against {dataset} under {settings.paths.data_root} ...")
         note = check_against_data(dataset, classnames, settings.paths.data_root)

@@ -274,3 +274,17 @@ def bundled_wnid_subset(name: str) -> list[tuple[str, int, str]]:
     if info.wnid_subset is None:
         raise KeyError(f"{info.key} is not an ImageNet subset dataset")
     return list(_wnid_subset(info.wnid_subset))
+
+
+def all_classnames(name: str) -> list[str]:
+    """Every class of a dataset in label order without touching images: the shipped list, or the demo world's
+    (which is defined by code, not by files)."""
+    key = canonical_dataset_name(name)
+    if key == DEMO_KEY:
+        from sempt_cli.data.demo import demo_world
+
+        return [c.name for c in demo_world().classes]
+    names = bundled_classnames(name)
+    if names is None:  # pragma: no cover - every registered dataset ships its list
+        raise KeyError(f"sempt ships no class-name list for {name}")
+    return names

@@ -45,7 +45,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sempt_cli import __version__
 from sempt_cli.data.records import prompt_name
-from sempt_cli.data.registry import DEMO_KEY, bundled_classnames
+from sempt_cli.data.registry import DEMO_KEY, all_classnames
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.io import atomic_write_json
 from sempt_cli.knowledge.answers import (
@@ -69,18 +69,6 @@ PLACEHOLDER = "<attribute {}>"
 
 class GenerationError(SemptError):
     """The LLM could not be brought to a complete, valid answer; names the classes still missing."""
-
-
-def knowledge_classnames(dataset: str) -> list[str]:
-    """Every class of `dataset` in label order without touching images: the shipped lists, or the demo world's."""
-    if dataset == DEMO_KEY:
-        from sempt_cli.data.demo import demo_world
-
-        return [c.name for c in demo_world().classes]
-    names = bundled_classnames(dataset)
-    if names is None:  # pragma: no cover - every registered dataset ships its list
-        raise SemptError(f"sempt ships no class-name list for {dataset}.")
-    return names
 
 
 def check_against_data(dataset: str, classnames: Sequence[str], data_root: Path) -> str | None:
@@ -519,7 +507,7 @@ def generate_attributes(
     `classnames` defaults to the shipped list in label order. Nothing is written; see `write_attribute_file`.
     """
     dataset = settings.data.dataset
-    names = list(classnames) if classnames is not None else knowledge_classnames(dataset)
+    names = list(classnames) if classnames is not None else all_classnames(dataset)
     strategy = settings.llm.strategy
     num_descriptions = settings.sempt.num_descriptions
     if strategy == "names":
@@ -535,7 +523,7 @@ def generate_attributes(
 
 def plan_requests(settings: Settings, *, classnames: Sequence[str] | None = None) -> Plan:
     """What `generate_attributes` would send now (cached requests marked), without sending anything."""
-    names = list(classnames) if classnames is not None else knowledge_classnames(settings.data.dataset)
+    names = list(classnames) if classnames is not None else all_classnames(settings.data.dataset)
     if settings.llm.strategy not in LLM_STRATEGIES:
         return Plan(input_price=settings.llm.input_price, output_price=settings.llm.output_price)
     client = make_client(settings, api_key="")  # building requests needs no key

@@ -29,7 +29,7 @@ from sempt_cli.engine.runtime import resolve_runtime
 from sempt_cli.errors import SemptError
 from sempt_cli.io import sha256_file
 from sempt_cli.knowledge.budget import SPECIAL_TOKENS, description_body
-from sempt_cli.knowledge.generate import knowledge_classnames
+from sempt_cli.knowledge.generate import all_classnames
 from sempt_cli.knowledge.schema import AttributeFile, load_attribute_file
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.prompted import PromptedTextTower, PromptSpec
@@ -107,7 +107,7 @@ def _check_classes(attributes: AttributeFile, meta: dict[str, Any], path: Path) 
     if meta.get("dataset") == attributes.dataset and meta.get("classnames"):
         expected, source = list(meta["classnames"]), "the teacher's"
     else:
-        expected, source = knowledge_classnames(attributes.dataset), "sempt's shipped"
+        expected, source = all_classnames(attributes.dataset), "sempt's shipped"
     if attributes.classnames != expected:
         first = next((i for i, (a, b) in enumerate(zip(attributes.classnames, expected, strict=False)) if a != b),
                      min(len(expected), len(attributes.classnames)))

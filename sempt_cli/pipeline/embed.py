@@ -15,11 +15,10 @@ import torch
 from rich.console import Console
 from torch import Tensor
 
-from sempt_cli.data import DEMO_KEY, bundled_classnames, load_dataset
+from sempt_cli.data.registry import all_classnames
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.runtime import resolve_runtime
 from sempt_cli.models.checkpoint import load_learned
-from sempt_cli.pipeline.data import data_root
 from sempt_cli.pipeline.teacher import load_teacher
 from sempt_cli.settings import Settings
 
@@ -36,15 +35,6 @@ class ClassVectors:
     reused: bool
 
 
-def dataset_classnames(settings: Settings) -> list[str]:
-    """All class names of `data.dataset` in label order; the shipped lists avoid needing the images."""
-    if settings.data.dataset != DEMO_KEY:
-        shipped = bundled_classnames(settings.data.dataset)
-        if shipped is not None:
-            return shipped
-    return load_dataset(settings.data.dataset, data_root(settings), check_files=False).classnames
-
-
 def embed_classes(
     teacher_checkpoint: Path, settings: Settings, *, classnames: list[str] | None = None,
     console: Console | None = None,
@@ -55,7 +45,7 @@ def embed_classes(
     meta = sidecar.metadata
     if classnames is None:
         classnames = list(meta["classnames"]) if settings.data.dataset == meta["dataset"] else \
-            dataset_classnames(settings)
+            all_classnames(settings.data.dataset)
     cache = TensorCache(settings.paths.cache_dir / "tensors")
     inputs: dict[str, Any] = {"teacher": sidecar.sha256, "backbone": meta["backbone_identity"],
                               "classnames": classnames,

@@ -44,7 +44,7 @@ from sempt_cli.models.checkpoint import LearnedCheckpoint, load_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
-from sempt_cli.pipeline.teacher import build_method, image_size
+from sempt_cli.pipeline.teacher import build_method, image_size, sidecar_settings
 from sempt_cli.report.paper import BASE2NOVEL_DATASETS, DOMAIN_SHIFT_DATASETS
 from sempt_cli.report.records import (
     RECORD_FORMAT,
@@ -93,11 +93,6 @@ def config_hash(settings: Settings) -> str:
     return stable_hash(kept, length=12)
 
 
-def _rebuilt_settings(meta: dict[str, Any], current: Settings) -> Settings:
-    """The model's own settings from its sidecar, with today's paths (caches live where they live now)."""
-    return Settings.model_validate({**meta["settings"], "paths": current.paths.model_dump()})
-
-
 class _Model(ABC):
     """A model under evaluation: what it is (for the record and key), and how to get a method for a dataset."""
 
@@ -131,7 +126,7 @@ class _Teacher(_Model):
         super().__init__()
         meta = sidecar.metadata
         self.sidecar = sidecar
-        self.settings = _rebuilt_settings(meta, current)
+        self.settings = sidecar_settings(meta, current.paths)
         self.info = ModelInfo(
             kind="teacher", method=meta["method"], backbone=meta["backbone"],
             pretrained=meta.get("pretrained", self.settings.model.pretrained), shots=self.settings.data.shots,
@@ -167,7 +162,7 @@ class _Student(_Model):
         meta = sidecar.metadata
         self.sidecar = sidecar
         self.current = current
-        self.settings = _rebuilt_settings(meta, current)
+        self.settings = sidecar_settings(meta, current.paths)
         self.teacher = Path(teacher or meta["teacher_checkpoint"])  # verified only if something needs scoring
         self.info = ModelInfo(
             kind="student", method=meta["method"], backbone=meta["backbone"],

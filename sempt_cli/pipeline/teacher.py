@@ -31,7 +31,7 @@ from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.data import PreparedData, prepare_data
-from sempt_cli.settings import ResolvedSettings, Settings, load_settings
+from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_settings
 
 CHECKPOINT_NAME = "model"
 METRICS_FILE = "metrics.json"
@@ -162,13 +162,18 @@ def train_teacher(
     return TeacherRun(run_dir, checkpoint, metrics)
 
 
+def sidecar_settings(meta: Mapping[str, Any], paths: PathSettings) -> Settings:
+    """A model's own settings from its checkpoint sidecar, with today's paths (caches live where they live now,
+    not where they lived at training time)."""
+    return Settings.model_validate({**meta["settings"], "paths": paths.model_dump()})
+
+
 def load_teacher(checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None) -> Method:
     """Rebuild a trained teacher from its checkpoint alone (the sidecar carries backbone and settings);
     `overrides` may only set `paths.*`."""
     sidecar = load_learned(checkpoint)
     meta = sidecar.metadata
-    paths = load_settings(overrides, env={}).settings.paths  # where caches live now, not at training time
-    settings = Settings.model_validate({**meta["settings"], "paths": paths.model_dump()})
+    settings = sidecar_settings(meta, load_settings(overrides, env={}).settings.paths)
     seed_everything(settings.data.seed)  # a randomly initialised backbone is rebuilt exactly as in training
     clip = load_backbone(settings.model, device, settings.paths.cache_dir)
     method = build_method(meta["method"], clip, meta["train_classnames"], settings)

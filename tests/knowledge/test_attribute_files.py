@@ -9,11 +9,11 @@ import pytest
 
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.knowledge import (
+    all_classnames,
     check_against_data,
     demo_attribute_file,
     generate_attributes,
     json_schema,
-    knowledge_classnames,
     load_attribute_file,
     names_file,
     plan_requests,
@@ -42,7 +42,7 @@ def test_demo_file_is_the_ground_truth_and_fits_clip() -> None:
     assert shipped.model_dump(exclude={"created_at", "sempt_version"}) == \
         demo_attribute_file().model_dump(exclude={"created_at", "sempt_version"})
     assert shipped.generator.kind == "ground-truth" and "no LLM" in shipped.generator.note
-    assert shipped.classnames == knowledge_classnames("demo") and shipped.vocabulary == list(
+    assert shipped.classnames == all_classnames("demo") and shipped.vocabulary == list(
         ["shape", "color", "pattern", "size", "background"])
     budget = TokenBudget(context_prefix(9, 4, "a photo of a"))
     assert all(budget.problem(d.text) is None for c in shipped.classes for d in c.descriptions)
@@ -57,7 +57,7 @@ def test_demo_file_is_the_ground_truth_and_fits_clip() -> None:
 
 
 def test_names_strategy_repeats_the_class_name() -> None:
-    names = knowledge_classnames("oxford_pets")
+    names = all_classnames("oxford_pets")
     result = names_file("oxford_pets", names, 6)
     validate(result.to_json(), json_schema())
     assert result.classes[1].descriptions[0].text == "american bulldog" and result.vocabulary == []
@@ -74,7 +74,7 @@ def test_shipped_class_lists_cover_every_dataset() -> None:
     from sempt_cli.data import dataset_names, get_dataset_info
 
     for name in dataset_names():
-        names = knowledge_classnames(name)
+        names = all_classnames(name)
         if name != "demo":
             assert len(names) == get_dataset_info(name).num_classes, name
 
@@ -88,7 +88,7 @@ def _eurosat_root(root: Path, names: list[str]) -> Path:
 
 
 def test_class_list_is_checked_against_the_data_root(tmp_path: Path) -> None:
-    names = knowledge_classnames("eurosat")
+    names = all_classnames("eurosat")
     assert check_against_data("eurosat", names, _eurosat_root(tmp_path / "ok", names)) is None
     swapped = [names[1], names[0], *names[2:]]
     with pytest.raises(SemptError, match="label 0 is 'Forest' there and 'Annual Crop Land' in the shipped list"):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sempt_cli import __version__
 from sempt_cli.engine.runtime import seed_everything
 from sempt_cli.errors import SemptError
-from sempt_cli.knowledge import demo_attribute_file, knowledge_classnames, names_file, write_attribute_file
+from sempt_cli.knowledge import all_classnames, demo_attribute_file, names_file, write_attribute_file
 from sempt_cli.knowledge.budget import context_prefix, description_body
 from sempt_cli.models.checkpoint import save_learned
 from sempt_cli.models.identity import backbone_identity
@@ -26,7 +26,7 @@ from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.teacher import build_method, load_teacher, resolve_with_preset
 from sempt_cli.settings import Settings, load_settings
 
-NAMES = knowledge_classnames("demo")
+NAMES = all_classnames("demo")
 
 
 @pytest.fixture(scope="module")

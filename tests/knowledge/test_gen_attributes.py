@@ -22,8 +22,8 @@ from sempt_cli.errors import SemptError
 from sempt_cli.knowledge import (
     EndpointError,
     GenerationError,
+    all_classnames,
     generate_attributes,
-    knowledge_classnames,
     make_client,
     write_attribute_file,
 )
@@ -34,7 +34,7 @@ from tests.knowledge.fake_llm import FakeLLM, Reply, perfect_answer, request_kin
 from tests.knowledge.jsonschema_lite import validate
 
 SCHEMA = json.loads((Path(__file__).parents[2] / "attributes" / "schema.json").read_text())
-NAMES = knowledge_classnames("demo")
+NAMES = all_classnames("demo")
 runner = CliRunner()
 Hook = Callable[[dict[str, Any], int], Reply | None]
 
