@@ -79,8 +79,11 @@ class PathSettings(_Section):
         description="Content-addressed caches: demo world, few-shot splits, text embeddings, teacher features.",
     )
     output_dir: Path = Field(Path("runs"), description="Where trained checkpoints and run logs are written.")
+    attributes_dir: Path = Field(
+        Path("attributes"), description="Attribute files <dataset>.json written by gen-attributes and read by SemPT."
+    )
 
-    @field_validator("data_root", "cache_dir", "output_dir")
+    @field_validator("data_root", "cache_dir", "output_dir", "attributes_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
@@ -176,6 +179,14 @@ class SemptHyperParameters(_Section):
     fusion: Literal["mlp", "linear"] = Field("mlp", description="Fusion module: 2-layer MLP (GELU) or linear.")
     attr_encoder: Literal["teacher-prompted", "teacher-frozen"] = Field(
         "teacher-prompted", description="Text encoder for attribute descriptions."
+    )
+    attributes: Path | None = Field(
+        None, description="Attribute file of the training dataset (default: <attributes-dir>/<dataset>.json).",
+        json_schema_extra={"flag": "attributes"},
+    )
+    inference: Literal["hybrid", "label", "enhanced"] = Field(
+        "hybrid", description="Class embeddings at inference (Table 4a): hybrid = T_lbl for seen classes and T_enh "
+        "for unseen ones; label = T_lbl for all; enhanced = T_enh for all.",
     )
 
     @model_validator(mode="after")
@@ -424,10 +435,11 @@ class SettingField:
 
 
 def iter_fields(sections: tuple[str, ...] | None = None) -> Iterator[SettingField]:
+    """Every leaf setting, or those of `sections` (a section name, or `section.field` for a single setting)."""
     for section, model in SECTIONS.items():
-        if sections is not None and section not in sections:
-            continue
         for name, field in model.model_fields.items():
+            if sections is not None and section not in sections and f"{section}.{name}" not in sections:
+                continue
             default = field.get_default(call_default_factory=True)
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
             flag = extra.get("flag", name.replace("_", "-"))

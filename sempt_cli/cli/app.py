@@ -8,6 +8,7 @@ import typer
 
 from sempt_cli import __version__
 from sempt_cli.cli import config, data
+from sempt_cli.cli.ablate import ablate
 from sempt_cli.cli.demo import demo
 from sempt_cli.cli.distill import distill
 from sempt_cli.cli.embed import embed
@@ -32,6 +33,7 @@ app.command("embed")(embed)
 app.command("gen-attributes")(gen_attributes)
 app.command("distill")(distill)
 app.command("eval")(eval_command)
+app.command("ablate")(ablate)
 app.command("demo")(demo)
 
 

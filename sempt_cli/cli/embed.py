@@ -15,9 +15,6 @@ from sempt_cli.cli.options import resolve_from_options, settings_options
 def embed(
     options: dict[str, Any],
     teacher: Annotated[Path, typer.Option("--teacher", help="Teacher checkpoint (model.safetensors of a run).")],
-    attributes: Annotated[
-        Path | None, typer.Option("--attributes", help="Attribute file (attributes/<dataset>.json): also encode T_atr.")
-    ] = None,
 ) -> None:
     """Cache a teacher's class vectors (and description vectors) for all classes.
 
@@ -31,6 +28,7 @@ def embed(
     result = embed_classes(teacher, settings, console=console)
     n, d = result.vectors.shape
     out.print(f"Class vectors {'reused' if result.reused else 'computed'}: {n} classes × {d} dims → {result.path}")
+    attributes = settings.sempt.attributes
     if attributes is not None:
         from sempt_cli.pipeline.attributes import embed_attributes
 

@@ -16,7 +16,7 @@ ZEROSHOT_ONLY = ("model.backbone", "model.pretrained", "model.checkpoint", "data
 """Flags that choose the zero-shot model; a checkpoint's own backbone and dataset come from its sidecar."""
 
 
-@settings_options("paths", "model", "data", "eval")
+@settings_options("paths", "model", "data", "eval", "sempt.inference")
 def eval_command(
     options: dict[str, Any],
     inputs: Annotated[

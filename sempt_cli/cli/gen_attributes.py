@@ -19,7 +19,7 @@ def gen_attributes(
     options: dict[str, Any],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Where to write the file (default: attributes/<dataset>.json).",
+        typer.Option("--output", "-o", help="Where to write the file (default: <attributes-dir>/<dataset>.json).",
                      show_default=False),
     ] = None,
     dry_run: Annotated[
@@ -60,7 +60,7 @@ def gen_attributes(
         note = check_against_data(dataset, classnames, settings.paths.data_root)
         err.print(f"[dim]{note}[/]" if note else
                   f"Class list agrees with {dataset} under {settings.paths.data_root}.")
-    target = output or default_output(dataset)
+    target = output or default_output(dataset, settings.paths.attributes_dir)
 
     if dry_run:
         _print_plan(plan_requests(settings, classnames=classnames), strategy, out)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from sempt_cli.errors import SettingsError
 from sempt_cli.settings import ResolvedSettings, SettingField, iter_fields, load_settings
 
 _PANELS = {
@@ -69,12 +70,32 @@ def overrides_from_options(options: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def reflow(docstring: str) -> str:
+    """One line per paragraph: rich help keeps a docstring's line breaks, which would wrap mid-sentence."""
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def parse_list(text: str | None, flag: str, kind: type = str) -> list[Any] | None:
+    """A comma-separated flag value as a list of `kind`, or None when the flag was not given."""
+    if text is None:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise SettingsError(f"{flag} needs at least one value (comma-separated).")
+    try:
+        return [kind(item) for item in items]
+    except ValueError:
+        raise SettingsError(f"{flag} must be a comma-separated list of {kind.__name__} values, not {text!r}.") from None
+
+
 def resolve_from_options(options: Mapping[str, Any]) -> ResolvedSettings:
     return load_settings(overrides_from_options(options), config_file=options.get("opt__config"))
 
 
 def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorate a command taking `options: dict` with generated flags for `sections`.
+    """Decorate a command taking `options: dict` with generated flags for `sections` (a section, or
+    `section.field` for one setting of a section that otherwise does not apply).
 
     The command receives the raw flag values as `options` and resolves them itself (it may need to pick a
     preset first, e.g. from `--method`), usually with `resolve_from_options(options, preset)`.
@@ -91,6 +112,7 @@ def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[
             return command(options=options, **kwargs)
 
         parameters = kept + generated
+        wrapper.__doc__ = reflow(command.__doc__ or "")
         wrapper.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         del wrapper.__wrapped__

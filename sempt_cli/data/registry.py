@@ -276,6 +276,17 @@ def bundled_wnid_subset(name: str) -> list[tuple[str, int, str]]:
     return list(_wnid_subset(info.wnid_subset))
 
 
+def imagenet_rows(name: str) -> list[int] | None:
+    """For a dataset of the ImageNet family (ImageNet, -V2, -Sketch, -A, -R): the ImageNet-1k label of each of
+    its labels, so anything computed per ImageNet class serves it; None for every other dataset."""
+    info = get_dataset_info(name)
+    if info.bundled_classnames != "imagenet_classnames.txt":
+        return None
+    if info.wnid_subset is not None:
+        return [index for _, index, _ in bundled_wnid_subset(info.key)]
+    return list(range(len(bundled_imagenet_classnames())))
+
+
 def all_classnames(name: str) -> list[str]:
     """Every class of a dataset in label order without touching images: the shipped list, or the demo world's
     (which is defined by code, not by files)."""

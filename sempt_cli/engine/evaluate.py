@@ -79,7 +79,7 @@ def score_views(
     counts = {v.name: {"correct": 0, "total": 0} for v in views}
     unreadable = position = 0
     with runtime.autocast():
-        embeddings = {v.name: method.class_embeddings(list(classnames[v.start : v.stop])) for v in views}
+        classifiers = {v.name: method.classifier(list(classnames[v.start : v.stop])) for v in views}
         loader = DataLoader(ImageDataset(samples, transform, on_corrupt),  # type: ignore[arg-type]
                             batch_size=batch_size, num_workers=workers)
         progress = Progress(TextColumn(f"[bold green]{description}"), BarColumn(), MofNCompleteColumn(),
@@ -101,7 +101,7 @@ def score_views(
                     mask = (labels >= view.start) & (labels < view.stop)
                     if not bool(mask.any()):
                         continue
-                    logits = method.logits(features[mask.to(features.device)], embeddings[view.name])
+                    logits = classifiers[view.name](features[mask.to(features.device)])
                     predicted = logits.argmax(dim=-1).cpu() + view.start
                     counts[view.name]["correct"] += int((predicted == labels[mask]).sum())
                     counts[view.name]["total"] += int(mask.sum())

@@ -91,8 +91,9 @@ def check_against_data(dataset: str, classnames: Sequence[str], data_root: Path)
                      "Attributes must follow the data layer's label order; fix the dataset folder.")
 
 
-def default_output(dataset: str) -> Path:
-    return Path("attributes") / f"{dataset}.json"
+def default_output(dataset: str, directory: Path = Path("attributes")) -> Path:
+    """`<paths.attributes_dir>/<dataset>.json`: where SemPT looks for a dataset's descriptions."""
+    return directory / f"{dataset}.json"
 
 
 # ----------------------------------------------------------------------------------------------- no-LLM files

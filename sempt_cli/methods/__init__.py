@@ -3,7 +3,19 @@
 Importing this package registers the built-in methods.
 """
 
-from sempt_cli.methods import promptsrc, zeroshot  # noqa: F401  (registration)
-from sempt_cli.methods.base import Batch, LossOutput, Method, get_method, method_names, register_method
+from sempt_cli.methods import promptkd, promptsrc, zeroshot  # noqa: F401  (registration)
+from sempt_cli.methods.base import (
+    Batch,
+    LossOutput,
+    Method,
+    TrainingForward,
+    get_method,
+    method_names,
+    register_method,
+)
+from sempt_cli.methods.sempt import SemPT, wrap_with_sempt
 
-__all__ = ["Batch", "LossOutput", "Method", "get_method", "method_names", "register_method"]
+__all__ = [
+    "Batch", "LossOutput", "Method", "SemPT", "TrainingForward", "get_method", "method_names", "register_method",
+    "wrap_with_sempt",
+]

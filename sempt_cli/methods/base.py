@@ -3,27 +3,30 @@
 A method is a plug-in on one engine, not a copy of a trainer. It declares
 
 * its trainable parameters (everything else is frozen),
-* `training_loss(batch)` — its own objective,
+* `training_forward(batch)` — its objective as (image embeddings, class embeddings, a loss on logits, extra
+  terms), from which the default `training_loss(batch)` is built,
 * `class_embeddings(classnames)` and `image_embeddings(images)` — both L2-normalised, so that
-* `logits(image_embeddings, class_embeddings)` is its inference rule,
+* `logits(image_embeddings, class_embeddings)` is its inference rule, and `classifier(classnames)` the same rule
+  with the class side prepared once per evaluation,
 * optional hooks at the end of an epoch / of training (e.g. PromptSRC's Gaussian prompt aggregation),
 * `presets(...)` — its official hyper-parameters per evaluation setting, applied below user settings.
 
-SemPT wraps a method through the same protocol (it needs the wrapped method's label embeddings, image
-embeddings and loss), which is why SemPT stays one file for every baseline.
+SemPT wraps a method through the same protocol: it re-scores the wrapped method's `training_forward` against
+attribute-enhanced class embeddings and replaces `classifier`, which is why SemPT stays one file for every
+baseline (`methods/sempt.py`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from sempt_cli.errors import SettingsError
+from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.models.checkpoint import check_state, learned_state_dict
 from sempt_cli.settings import Settings
 
@@ -50,6 +53,44 @@ class LossOutput:
     total: Tensor
     parts: dict[str, float] = field(default_factory=dict)
 
+    def __add__(self, other: LossOutput) -> LossOutput:
+        return LossOutput(self.total + other.total, self.parts | other.parts)
+
+    def scaled(self, weight: float, suffix: str = "") -> LossOutput:
+        """`weight` × this loss, its parts renamed `<part><suffix>` (parts stay unweighted, for reading)."""
+        return LossOutput(weight * self.total, {f"{k}{suffix}": v for k, v in self.parts.items()})
+
+
+@dataclass
+class TrainingForward:
+    """One training step's forward pass, split where a classifier enters.
+
+    `head_loss(logits)` is the method's own loss on logits against `class_embeddings` (cross-entropy with the
+    labels, KD against a teacher, ...); `extra` holds the terms that do not go through that classifier (e.g.
+    PromptSRC's consistency losses). A wrapper can therefore score the same image embeddings against other
+    class embeddings and apply the method's own loss to them, without running the encoders twice (which would
+    also update BatchNorm statistics twice).
+    """
+
+    image_embeddings: Tensor
+    class_embeddings: Tensor
+    head_loss: Callable[[Tensor], LossOutput]
+    extra: LossOutput | None = None
+
+
+Classifier = Callable[[Tensor], Tensor]
+"""Image embeddings [B, D] → logits [B, C] for a fixed class list (`Method.classifier`)."""
+
+
+def contiguous_block(full: Sequence[str], names: Sequence[str]) -> slice:
+    """Where `names` sit in `full` as one contiguous block (base = first m, novel = the rest): rows are found by
+    position, so duplicate names (ImageNet's two 'missile's) cannot be confused."""
+    full, names = list(full), list(names)
+    for start in range(len(full) - len(names) + 1):
+        if full[start : start + len(names)] == names:
+            return slice(start, start + len(names))
+    raise SemptError("These classes are not a contiguous block of the class list the model was built for.")
+
 
 class Method(nn.Module, ABC):
     """Base class of every prompt-learning method; see the module docstring for the contract."""
@@ -61,9 +102,15 @@ class Method(nn.Module, ABC):
         super().__init__()
         self.train_classnames = list(train_classnames)
 
-    @abstractmethod
+    def training_forward(self, batch: Batch) -> TrainingForward:
+        """The method's objective on one (micro-)batch, split where the classifier enters (see TrainingForward)."""
+        raise SemptError(f"{type(self).__name__} has nothing to train; pick a prompt-learning method.")
+
     def training_loss(self, batch: Batch) -> LossOutput:
         """The method's objective on one (micro-)batch, averaged over its images."""
+        step = self.training_forward(batch)
+        loss = step.head_loss(self.logits(step.image_embeddings, step.class_embeddings))
+        return loss if step.extra is None else loss + step.extra
 
     @abstractmethod
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
@@ -79,6 +126,11 @@ class Method(nn.Module, ABC):
     def logits(self, image_embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
         """Inference rule; cosine similarity times CLIP's (frozen) logit scale unless a method says otherwise."""
         return self.logit_scale() * image_embeddings @ class_embeddings.t().to(image_embeddings.dtype)
+
+    def classifier(self, classnames: Sequence[str]) -> Classifier:
+        """The inference rule for `classnames`, with the class side computed once (not once per image batch)."""
+        embeddings = self.class_embeddings(classnames)
+        return lambda image_embeddings: self.logits(image_embeddings, embeddings)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of 1-based `epoch` (also when resuming mid-epoch)."""

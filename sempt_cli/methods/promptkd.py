@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.base import Batch, LossOutput, Method, register_method
+from sempt_cli.methods.base import Batch, LossOutput, Method, TrainingForward, contiguous_block, register_method
 from sempt_cli.methods.promptsrc import demo_overrides
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.prompted import PromptedVisionTower, PromptSpec
@@ -113,23 +113,20 @@ class PromptKD(Method):
         rest), so duplicate names (ImageNet's two 'missile's) cannot be confused."""
         if self.teacher is None:
             raise SemptError("This PromptKD student has no teacher class vectors attached.")
-        vectors = self.teacher.class_vectors()
-        names = list(classnames)
-        for start in range(len(self.classnames) - len(names) + 1):
-            if self.classnames[start : start + len(names)] == names:
-                return vectors[start : start + len(names)]
-        raise SemptError("These classes are not a contiguous block of the distilled class list.")
+        return self.teacher.class_vectors()[contiguous_block(self.classnames, classnames)]
 
-    def training_loss(self, batch: Batch) -> LossOutput:
+    def training_forward(self, batch: Batch) -> TrainingForward:
         if self.teacher is None:
             raise SemptError("PromptKD cannot train without a teacher.")
         with torch.no_grad():
             vectors = self.teacher.class_vectors()
             teacher_logits = self.teacher.logit_scale * self.teacher.image_features(batch).float() @ vectors.t().float()
-        student = self.image_embeddings(batch.images)
-        student_logits = self.logit_scale() * student @ vectors.t().to(student.dtype)
-        loss = self.kd_weight * kd_loss(student_logits, teacher_logits, self.temperature)
-        return LossOutput(loss, {"kd": float(loss.detach())})
+
+        def distillation(student_logits: Tensor) -> LossOutput:
+            loss = self.kd_weight * kd_loss(student_logits, teacher_logits, self.temperature)
+            return LossOutput(loss, {"kd": float(loss.detach())})
+
+        return TrainingForward(self.image_embeddings(batch.images), vectors, distillation)
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.teacher is not None and self.teacher.on_epoch_start is not None:

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.schedule import gaussian_aggregation_weights
-from sempt_cli.methods.base import Batch, LossOutput, Method, register_method
+from sempt_cli.methods.base import Batch, LossOutput, Method, TrainingForward, register_method
 from sempt_cli.methods.templates import IMAGENET_TEMPLATES
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
@@ -112,30 +112,35 @@ class PromptSRC(Method):
             self._other_prompts[key] = self.text.class_prompts(classnames)
         return self._other_prompts[key]
 
-    def training_loss(self, batch: Batch) -> LossOutput:
+    def training_forward(self, batch: Batch) -> TrainingForward:
         text = self.class_embeddings(self.train_classnames)
         image = self.image_embeddings(batch.images)
+
+        def cross_entropy(logits: Tensor) -> LossOutput:
+            ce = F.cross_entropy(logits.float(), batch.labels)
+            return LossOutput(ce, {"ce": float(ce.detach())})
+
+        extra = self._consistency(batch, image, text) if self.use_consistency else None
+        return TrainingForward(image, text, cross_entropy, extra)
+
+    def _consistency(self, batch: Batch, image: Tensor, text: Tensor) -> LossOutput:
+        """The self-regulating terms: L1 to the frozen features and KL to the frozen logits."""
+        assert self.frozen_text is not None
         scale = self.logit_scale()
-        logits = scale * image @ text.t().to(image.dtype)
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        parts = {"ce": float(ce.detach())}
-        total = ce
-        if self.use_consistency:
-            assert self.frozen_text is not None
-            with torch.no_grad():
-                zs_image = F.normalize(self.backbone.encode_image(batch.images), dim=-1)
-                zs_text = F.normalize(self.frozen_text, dim=-1)
-                zs_logits = scale * zs_image @ zs_text.t().to(zs_image.dtype)
-            text_weight, image_weight, logits_weight = self.weights
-            l_text = text_weight * F.l1_loss(text.float(), zs_text.float())
-            l_image = image_weight * F.l1_loss(image.float(), zs_image.float())
-            l_logits = logits_weight * F.kl_div(
-                F.log_softmax(logits.float(), dim=1), F.log_softmax(zs_logits.float(), dim=1),
-                reduction="sum", log_target=True,
-            ) / logits.numel()
-            total = total + l_text + l_image + l_logits
-            parts |= {"text": float(l_text.detach()), "img": float(l_image.detach()), "kl": float(l_logits.detach())}
-        return LossOutput(total, parts)
+        with torch.no_grad():
+            zs_image = F.normalize(self.backbone.encode_image(batch.images), dim=-1)
+            zs_text = F.normalize(self.frozen_text, dim=-1)
+            zs_logits = scale * zs_image @ zs_text.t().to(zs_image.dtype)
+        logits = self.logits(image, text)
+        text_weight, image_weight, logits_weight = self.weights
+        l_text = text_weight * F.l1_loss(text.float(), zs_text.float())
+        l_image = image_weight * F.l1_loss(image.float(), zs_image.float())
+        l_logits = logits_weight * F.kl_div(
+            F.log_softmax(logits.float(), dim=1), F.log_softmax(zs_logits.float(), dim=1),
+            reduction="sum", log_target=True,
+        ) / logits.numel()
+        parts = {"text": float(l_text.detach()), "img": float(l_image.detach()), "kl": float(l_logits.detach())}
+        return LossOutput(l_text + l_image + l_logits, parts)
 
     # ------------------------------------------------------------------ Gaussian prompt aggregation
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:

@@ -13,8 +13,7 @@ from torch import Tensor
 from sempt_cli.data.records import prompt_name
 from sempt_cli.data.registry import get_dataset_info
 from sempt_cli.engine.cache import TensorCache
-from sempt_cli.errors import SemptError
-from sempt_cli.methods.base import Batch, LossOutput, Method, register_method
+from sempt_cli.methods.base import Method, register_method
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.prompted import PromptedTextTower, PromptSpec
 from sempt_cli.settings import Settings
@@ -44,6 +43,3 @@ class ZeroShotCLIP(Method):
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
         prompts = self.text.build_prompts([self.template.format(prompt_name(name)) for name in classnames])
         return F.normalize(self.text(prompts), dim=-1)
-
-    def training_loss(self, batch: Batch) -> LossOutput:
-        raise SemptError("Zero-shot CLIP has nothing to train; pick a prompt-learning method.")

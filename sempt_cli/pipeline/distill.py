@@ -1,9 +1,10 @@
-"""`distill`: PromptKD stage II from a trained teacher checkpoint, end to end.
+"""`distill`: PromptKD stage II from a trained teacher checkpoint, end to end, with SemPT on top by default.
 
 teacher checkpoint → class vectors for all classes (`embed`, cached) → teacher image features per view
 (cached within the disk budget, else live; or everything recomputed every step in the reference mode) →
-student (prompts + projector) trained by the shared engine → checkpoint → base/novel evaluation against the
-teacher's class vectors.
+student (prompts + projector; with SemPT also the fusion MLP, and T_atr from the attribute file encoded by
+the teacher, cached) trained by the shared engine → checkpoint → base/novel evaluation against the teacher's
+class vectors (SemPT: T_lbl for the teacher's seen classes, T_enh for the others).
 
 Model selection: the official code keeps the epoch with the best *base test* accuracy (selection on test data,
 spec §5.2). We report the last epoch's student, which needs no test data during training.
@@ -26,7 +27,7 @@ from sempt_cli.engine.loader import SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.engine.trainer import Trainer
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
-from sempt_cli.io import atomic_write_json, stable_hash
+from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
 from sempt_cli.methods import get_method
 from sempt_cli.methods.base import Batch, Method
 from sempt_cli.methods.promptkd import TeacherSignals
@@ -36,6 +37,7 @@ from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.data import prepare_data
 from sempt_cli.pipeline.embed import embed_classes
+from sempt_cli.pipeline.sempt import VARIANT, apply_sempt, attribute_file
 from sempt_cli.pipeline.teacher import (
     CHECKPOINT_NAME,
     METRICS_FILE,
@@ -48,6 +50,17 @@ from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 BASELINES = ("promptkd",)
 STUDENT_SECTIONS = ("model", "data", "train", "prompts", "promptkd", "sempt")
+
+def student_run_dir(baseline: str, settings: Settings, identity: str) -> Path:
+    """runs/students/<dataset>/<baseline>[-sempt]-<setting>-seed<s>-<key>: the key hashes every setting that
+    changes the student (SemPT's only when SemPT is on, so every baseline run is shared by the ablations)."""
+    data, enabled = settings.data, settings.sempt.enabled
+    sections = STUDENT_SECTIONS if enabled else tuple(s for s in STUDENT_SECTIONS if s != "sempt")
+    if enabled:  # the file's content, not its path
+        identity += f"|attributes:{sha256_file(attribute_file(data.dataset, settings))}"
+    name = f"{baseline}{'-sempt' if enabled else ''}-{data.setting}-seed{data.seed}"
+    key = run_key(baseline, settings, identity, sections)
+    return settings.paths.output_dir / "students" / data.dataset / f"{name}-{key}"
 
 
 def default_student(teacher_backbone: str) -> dict[str, Any]:
@@ -98,10 +111,8 @@ def distill(
     teacher_sha = load_learned(teacher_checkpoint).sha256
     seed_everything(settings.data.seed)
     clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir)
-    identity = f"{backbone_identity(clip)}|teacher:{teacher_sha}"
     data = settings.data
-    run_dir = (settings.paths.output_dir / "students" / data.dataset /
-               f"{baseline}-{data.setting}-seed{data.seed}-{run_key(baseline, settings, identity, STUDENT_SECTIONS)}")
+    run_dir = student_run_dir(baseline, settings, f"{backbone_identity(clip)}|teacher:{teacher_sha}")
     checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
     if (run_dir / METRICS_FILE).is_file() and checkpoint.is_file():
         console.print(f"[green]Already distilled[/] — reusing {run_dir}")
@@ -118,11 +129,16 @@ def distill(
     augment = clip_train_transform(size, scale=(data.crop_scale_min, 1.0))
     dataset = SeededImageDataset(prepared.train.train, augment, data.seed, data.on_corrupt)
     signals, mode = _teacher_signals(teacher, vectors, classnames, dataset, settings, runtime, teacher_sha, console)
-    method = get_method(baseline)(clip, classnames, settings, None, teacher=signals).to(runtime.device)
+    method: Method = get_method(baseline)(clip, classnames, settings, None, teacher=signals).to(runtime.device)
+    sempt: dict[str, Any] = {}
+    if settings.sempt.enabled:
+        method, inputs = apply_sempt(method, teacher_checkpoint, data.dataset, classnames, settings, training=True,
+                                     console=console)
+        sempt = {"variant": VARIANT, "sempt": inputs.to_json()}
     if dist.is_main:
-        console.print(f"[bold]distill[/] {baseline} on {data.dataset} ({data.setting}, {len(dataset)} unlabelled "
-                      f"images, {len(classnames)} classes) · {clip.backbone} ← teacher {teacher_checkpoint} · "
-                      f"{runtime.describe()} · {mode}")
+        console.print(f"[bold]distill[/] {baseline}{' w/ SemPT' if sempt else ''} on {data.dataset} "
+                      f"({data.setting}, {len(dataset)} unlabelled images, {len(classnames)} classes) · "
+                      f"{clip.backbone} ← teacher {teacher_checkpoint} · {runtime.describe()} · {mode}")
     result = Trainer(method, dataset, settings, run_dir, runtime, dist, console).fit(stop_after_steps)
     if not result.finished:
         return StudentRun(run_dir, checkpoint, {}, mode)
@@ -130,7 +146,7 @@ def distill(
         "kind": "student", "method": baseline, "backbone": clip.backbone, "backbone_identity": backbone_identity(clip),
         "teacher_checkpoint": str(teacher_checkpoint), "teacher_sha256": teacher_sha, "dataset": data.dataset,
         "setting": data.setting, "classnames": classnames, "num_base": prepared.num_base,
-        "settings": settings.model_dump(mode="json"), "sempt_version": __version__,
+        "settings": settings.model_dump(mode="json"), "sempt_version": __version__, **sempt,
     }
     if dist.is_main:
         save_learned(checkpoint, method.trainable_state(), metadata)

@@ -36,7 +36,7 @@ from sempt_cli.data.demo import ensure_demo_world
 from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_for
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.errors import DatasetError, SemptError, WeightsError
-from sempt_cli.io import atomic_write_json, stable_hash
+from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
 from sempt_cli.methods import Method, get_method
 from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptkd import TeacherSignals
@@ -44,6 +44,7 @@ from sempt_cli.models.checkpoint import LearnedCheckpoint, load_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
+from sempt_cli.pipeline.sempt import INFERENCE_TITLES, VARIANT, apply_sempt, attribute_file
 from sempt_cli.pipeline.teacher import build_method, image_size, sidecar_settings
 from sempt_cli.report.paper import BASE2NOVEL_DATASETS, DOMAIN_SHIFT_DATASETS
 from sempt_cli.report.records import (
@@ -114,6 +115,10 @@ class _Model(ABC):
     def loaded(self, runtime: Runtime) -> None:  # noqa: B027 - an optional hook, not an abstract one
         """Called once after the backbone is loaded (a teacher rebuilds its method here)."""
 
+    def key_for(self, datasets: Sequence[str]) -> dict[str, Any]:
+        """What identifies this model's scores on `datasets` (part of the record key)."""
+        return self.key_parts
+
     @abstractmethod
     def method_for(self, dataset: str, classnames: list[str], runtime: Runtime, console: Console) -> Method:
         """A method that scores `classnames` of `dataset`."""
@@ -173,6 +178,38 @@ class _Student(_Model):
             variant=str(meta.get("variant", "")),  # e.g. 'w/ SemPT', written by the pipeline that trained it
         )
         self.key_parts = {"kind": "student", "checkpoint": sidecar.sha256, "teacher": meta["teacher_sha256"]}
+        self.sempt = meta.get("sempt")
+        if self.sempt is not None:  # the inference rule is chosen at evaluation time (Table 4a)
+            rule = current.sempt.inference
+            self.key_parts["inference"] = rule
+            self.settings = self.settings.model_copy(
+                update={"sempt": self.settings.sempt.model_copy(update={"inference": rule})})
+            self.info.variant = VARIANT if rule == "hybrid" else f"{VARIANT} ({INFERENCE_TITLES[rule]})"
+            self.info.config_hash = config_hash(self.settings)
+
+    def key_for(self, datasets: Sequence[str]) -> dict[str, Any]:
+        """SemPT scores transfer targets with their own attribute files: their contents are part of the key."""
+        if self.sempt is None:
+            return self.key_parts
+        files = {}
+        for dataset in datasets:
+            try:
+                files[dataset] = sha256_file(self._attribute_file(dataset))
+            except SemptError:
+                files[dataset] = None  # needed only if some class of it is unseen; scoring will say so
+        return self.key_parts | {"attributes": files}
+
+    def _attribute_file(self, dataset: str) -> Path:
+        """The training dataset's own file as recorded (it must be unchanged); other datasets' files by name."""
+        assert self.sempt is not None
+        recorded = self.sempt.get("attributes_file")
+        if dataset == self.sidecar.metadata["dataset"] and recorded:
+            path = Path(recorded)
+            if not path.is_file() or sha256_file(path) != self.sempt["attributes_sha256"]:
+                raise SemptError(f"The attribute file this student was trained with ({path}) is missing or changed.",
+                                 "Restore it: its descriptions are part of the trained model.")
+            return path
+        return attribute_file(dataset, self.current, explicit=False)
 
     def loaded(self, runtime: Runtime) -> None:
         _verify_teacher(self.teacher, self.sidecar.metadata["teacher_sha256"])
@@ -187,8 +224,16 @@ class _Student(_Model):
         method = get_method(self.info.method)(  # type: ignore[call-arg]
             self.clip, classnames, self.settings, None, teacher=signals, teacher_dim=int(vectors.shape[1])
         ).to(runtime.device)
+        if self.sempt is not None:
+            method = self._with_sempt(method, dataset, classnames, console)
         method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
         return method
+
+    def _with_sempt(self, method: Method, dataset: str, classnames: list[str], console: Console) -> Method:
+        """SemPT on the rebuilt student: seen classes from the teacher, descriptions only where needed."""
+        wrapped, _ = apply_sempt(method, self.teacher, dataset, classnames, self.settings, training=False,
+                                 file_for=self._attribute_file, console=console)
+        return wrapped
 
 
 def _verify_teacher(path: Path, expected_sha256: str) -> None:
@@ -319,7 +364,7 @@ def _evaluate(model: _Model, settings: Settings, setting: str, datasets: Sequenc
     planned = list(datasets or settings.eval.datasets or default_datasets(setting, source))
     numerics = {"device": runtime.device.type, "precision": str(runtime.amp_dtype or "fp32"),
                 "on_corrupt": settings.data.on_corrupt}
-    key = stable_hash(RECORD_FORMAT, __version__, model.key_parts, setting, planned, numerics, length=16)
+    key = stable_hash(RECORD_FORMAT, __version__, model.key_for(planned), setting, planned, numerics, length=16)
     path = _record_path(settings, model.info, setting, source, key)
     record = None
     if settings.eval.reuse and path.is_file():

@@ -36,8 +36,12 @@ from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_se
 CHECKPOINT_NAME = "model"
 METRICS_FILE = "metrics.json"
 TEACHER_SECTIONS = ("model", "data", "train", "prompts", "promptsrc")
-NOT_RESULT_AFFECTING = {("model", "device"), ("data", "workers"), ("data", "eval_batch_size")}
-"""Settings that change speed or placement but not the trained parameters."""
+NOT_RESULT_AFFECTING = {
+    ("model", "device"), ("data", "workers"), ("data", "eval_batch_size"), ("sempt", "inference"),
+    ("sempt", "attributes"),
+}
+"""Settings that change speed, placement or only inference, not the trained parameters (an attribute file's
+*path* is one: its content hash enters the key where it matters)."""
 
 
 def resolve_with_preset(

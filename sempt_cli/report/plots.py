@@ -24,7 +24,7 @@ PLOT_METHODS: tuple[str, ...] = ("CLIP", "PromptSRC", "PromptKD", "PromptKD w/ S
 (the CLI's --compare) draws exactly the named ones instead."""
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
     try:
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - matplotlib is a dependency
@@ -33,7 +33,7 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=150, layout="constrained")
 
 
-def _save(figure: Any, path: Path) -> Path:
+def save_png(figure: Any, path: Path) -> Path:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(path, buffer.getvalue())
@@ -74,7 +74,7 @@ def few_shot_curves(groups: Sequence[Group], folder: Path) -> list[Path]:
     demo = any(not g.comparable and "Demo" in g.comparability_note for g in few)
     written = []
     for dataset in panels:
-        figure = _figure(4.6, 3.6)
+        figure = new_figure(4.6, 3.6)
         axes = figure.add_subplot()
         for name, by_shots in lines.items():
             points = [(s, value(g, dataset)) for s, g in sorted(by_shots.items())]
@@ -94,7 +94,7 @@ def few_shot_curves(groups: Sequence[Group], folder: Path) -> list[Path]:
         axes.set_title(title + (" (demo world)" if demo else ""))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
-        written.append(_save(figure, Path(folder) / f"fewshot-{dataset}.png"))
+        written.append(save_png(figure, Path(folder) / f"fewshot-{dataset}.png"))
     return written
 
 
@@ -134,7 +134,7 @@ def hm_bars(comparisons: Sequence[Comparison], folder: Path, methods: Sequence[s
 def _bars(series: list[tuple[str, list[float | None], list[float]]], columns: list[str], num_ours: int,
           batch: Sequence[Comparison], folder: Path) -> Path:
     width_in = min(13.0, max(5.0, 1.5 + 0.22 * len(columns) * (len(series) + 1)))
-    figure = _figure(width_in, 4.2)
+    figure = new_figure(width_in, 4.2)
     axes = figure.add_subplot()
     width = 0.8 / len(series)
     for i, (label, values, errors) in enumerate(series):
@@ -159,4 +159,4 @@ def _bars(series: list[tuple[str, list[float | None], list[float]]], columns: li
     columns_of_legend = 1 if width_in < 8 else min(3, len(series))  # long labels: one per line when narrow
     figure.legend(loc="outside lower center", ncol=columns_of_legend, fontsize=7, frameon=False)
     name = f"hm-{first.slug}.png" if len(batch) == 1 else "hm-base2novel-ours.png"
-    return _save(figure, folder / name)
+    return save_png(figure, folder / name)

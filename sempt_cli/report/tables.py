@@ -294,37 +294,39 @@ def _accuracy_view(batch: Sequence[Comparison]) -> TableView:
 # ---------------------------------------------------------------------------------------------------- renderers
 
 
-def rich_tables(comparisons: Sequence[Comparison]) -> list[Any]:
-    """rich `Table`s: ours rows bold, paper rows plain, notes as the caption."""
+def rich_table(view: TableView) -> Any:
+    """A rich `Table`: ours rows bold, paper rows plain, notes as the caption."""
     from rich.table import Table
 
-    tables = []
-    for view in table_views(comparisons):
-        table = Table(title=view.title, caption="\n".join(view.notes) or None, caption_justify="left",
-                      title_justify="left")
-        for i, column in enumerate(view.columns):
-            table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
-        for kind, cells in view.rows:
-            table.add_row(*cells, style="bold cyan" if kind == "ours" else None)
-        tables.append(table)
-    return tables
+    table = Table(title=view.title, caption="\n".join(view.notes) or None, caption_justify="left",
+                  title_justify="left")
+    for i, column in enumerate(view.columns):
+        table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0)
+    for kind, cells in view.rows:
+        table.add_row(*cells, style="bold cyan" if kind == "ours" else None)
+    return table
+
+
+def rich_tables(comparisons: Sequence[Comparison]) -> list[Any]:
+    return [rich_table(view) for view in table_views(comparisons)]
+
+
+def markdown_table(view: TableView) -> str:
+    """GitHub-flavoured markdown: a heading, a pipe table (ours rows in bold) and the notes as a quote."""
+    lines = [f"### {view.title}", ""]
+    lines.append("| " + " | ".join(c or " " for c in view.columns) + " |")
+    lines.append("|" + "|".join([":---"] + ["---:"] * (len(view.columns) - 1)) + "|")
+    for kind, cells in view.rows:
+        shown = [f"**{cells[0]}**" if kind == "ours" else cells[0], *cells[1:]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in shown) + " |")
+    if view.notes:
+        lines.append("")
+        lines.extend(f"> {note}  " for note in view.notes)
+    return "\n".join(lines)
 
 
 def to_markdown(comparisons: Sequence[Comparison]) -> str:
-    """GitHub-flavoured markdown: a heading, a pipe table (ours rows in bold) and the notes as a quote."""
-    parts = []
-    for view in table_views(comparisons):
-        lines = [f"### {view.title}", ""]
-        lines.append("| " + " | ".join(c or " " for c in view.columns) + " |")
-        lines.append("|" + "|".join([":---"] + ["---:"] * (len(view.columns) - 1)) + "|")
-        for kind, cells in view.rows:
-            shown = [f"**{cells[0]}**" if kind == "ours" else cells[0], *cells[1:]]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in shown) + " |")
-        if view.notes:
-            lines.append("")
-            lines.extend(f"> {note}  " for note in view.notes)
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(markdown_table(view) for view in table_views(comparisons)) + "\n"
 
 
 def long_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ def test_kd_loss_matches_the_official_formula_by_hand() -> None:
 
 
 TINY = {"data.dataset": "demo", "model.pretrained": "none", "data.workers": 0, "data.eval_batch_size": 250,
-        "data.allow_any_shots": True}
+        "data.allow_any_shots": True, "sempt.enabled": False}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,276 @@
+"""SemPT (spec/sempt-method.md) as a wrapper around any method: semantic alignment (SA), feature enhancement
+(FE) and unified training–inference adaptation (UTIA).
+
+With `v` the wrapped method's image embedding, `T_lbl` its class embeddings and `T_atr` [N, S, d] the
+description embeddings of every class:
+
+* SA: `s_ij = <v, T_atr[i,j]>`, keep the top-K `j` per class, `w_ij = softmax_j(s_ij / τ_sa)`,
+  `Â_i(v) = Σ_j w_ij T_atr[i,j]`;
+* FE: `Z_i = MLP([T_lbl_i ; Â_i(v)])`, `T_enh_i = normalize((1−α) T_lbl_i + α Z_i)`;
+* UTIA: `L = (1−β) L_lbl + β L_enh`, each the wrapped method's *own* loss on logits against `T_lbl` and
+  against `T_enh` (its extra terms are added once); inference uses `T_lbl` for seen classes, `T_enh` for
+  unseen ones (`sempt.inference` selects Table 4a's alternatives).
+
+`T_enh` depends on the image, so a naive implementation materialises [B, N, 2d] and runs the MLP on it. The
+first layer is linear (spec §6): `W [T_lbl; Â] = W_l T_lbl + Σ_j w_ij (W_a T_atr[i,j])`, so `W_l T_lbl` [N, h]
+and `W_a T_atr` [N, S, h] are projected once per step (once per evaluation) and only weighted per image;
+classes are processed in chunks so that memory stays bounded for N = 1000 (`enhanced_logits`).
+`enhanced_embeddings_naive` is the formula as written, kept as the reference the tests and the benchmark
+compare against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from sempt_cli.errors import SemptError
+from sempt_cli.methods.base import Batch, Classifier, LossOutput, Method, contiguous_block
+from sempt_cli.models.checkpoint import check_state, learned_state_dict
+from sempt_cli.settings import SemptHyperParameters
+
+STATE_PREFIX = "sempt."
+"""Checkpoint keys of SemPT's own parameters; the wrapped method's keys stay as they are, so a SemPT
+checkpoint still holds a complete baseline checkpoint."""
+
+CHUNK_ELEMENTS = 1 << 24
+"""Upper bound on B × classes × d per chunk of `enhanced_logits` (64 MiB per fp32 intermediate)."""
+
+
+@dataclass(frozen=True)
+class AttributeBank:
+    """T_atr [N, S, d] (L2-normalised) of a class list, looked up by contiguous blocks of that list."""
+
+    classnames: list[str]
+    vectors: Tensor
+
+    def rows(self, classnames: Sequence[str]) -> Tensor:
+        return self.vectors[contiguous_block(self.classnames, classnames)]
+
+    def to(self, device: torch.device | str) -> AttributeBank:
+        return AttributeBank(self.classnames, self.vectors.to(device))
+
+
+def semantic_weights(image: Tensor, attributes: Tensor, top_k: int, tau: float) -> Tensor:
+    """SA weights [B, n, S]: per image and class, a softmax over the top-K descriptions, zero elsewhere."""
+    scores = torch.einsum("bd,nsd->bns", image, attributes.to(image.dtype))
+    top, index = scores.topk(top_k, dim=-1)
+    softmax = F.softmax(top.float() / tau, dim=-1).to(scores.dtype)
+    return torch.zeros_like(scores).scatter(-1, index, softmax)
+
+
+class ProjectedClasses(NamedTuple):
+    """The first fusion layer applied to the class side: `W_l T_lbl + b` [n, h] and `W_a T_atr` [n, S, h]."""
+
+    labels: Tensor
+    attributes: Tensor
+
+    def select(self, rows: slice) -> ProjectedClasses:
+        return ProjectedClasses(self.labels[rows], self.attributes[rows])
+
+
+class AttributeFusion(nn.Module):
+    """FE's fusion `Z = MLP([T_lbl ; Â])`: Linear(2d, d) → GELU → Linear(d, d), or the first Linear alone."""
+
+    def __init__(self, dim: int, kind: str = "mlp") -> None:
+        super().__init__()
+        self.dim = dim
+        self.fc1 = nn.Linear(2 * dim, dim)
+        self.fc2 = nn.Linear(dim, dim) if kind == "mlp" else None
+
+    def forward(self, pairs: Tensor) -> Tensor:
+        """The module as written, on concatenated [..., 2d] inputs (the naive path)."""
+        return self.finish(self.fc1(pairs))
+
+    def project(self, labels: Tensor, attributes: Tensor) -> ProjectedClasses:
+        """The first layer split along its input: the class side, computed once for all images."""
+        weight = self.fc1.weight
+        label_part = F.linear(labels.to(weight.dtype), weight[:, : self.dim], self.fc1.bias)
+        return ProjectedClasses(label_part, F.linear(attributes.to(weight.dtype), weight[:, self.dim :]))
+
+    def finish(self, hidden: Tensor) -> Tensor:
+        """Everything after the first layer's pre-activation."""
+        return hidden if self.fc2 is None else self.fc2(F.gelu(hidden))
+
+
+def enhanced_embeddings_naive(
+    image: Tensor, labels: Tensor, attributes: Tensor, fusion: AttributeFusion, alpha: float, top_k: int, tau: float
+) -> Tensor:
+    """T_enh [B, n, d] exactly as spec §2–3 write it: Â materialised, concatenated with T_lbl, fused."""
+    aligned = torch.einsum("bns,nsd->bnd", semantic_weights(image, attributes, top_k, tau), attributes.to(image.dtype))
+    pairs = torch.cat([labels.to(aligned.dtype).expand_as(aligned), aligned], dim=-1)
+    return F.normalize((1 - alpha) * labels + alpha * fusion(pairs), dim=-1)
+
+
+def enhanced_logits(
+    image: Tensor,
+    labels: Tensor,
+    attributes: Tensor,
+    fusion: AttributeFusion,
+    *,
+    alpha: float,
+    top_k: int,
+    tau: float,
+    scale: Tensor | float,
+    projected: ProjectedClasses | None = None,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> Tensor:
+    """`scale · <v_b, T_enh_i(v_b)>` [B, n] by the factorised first layer, in class chunks.
+
+    When gradients are needed and there is more than one chunk, each chunk is recomputed in the backward pass
+    (activation checkpointing), so training memory is bounded like evaluation memory."""
+    if projected is None:
+        projected = fusion.project(labels, attributes)
+    batch, classes = image.shape[0], labels.shape[0]
+    width = max(int(projected.labels.shape[-1]), int(labels.shape[-1]))
+    step = max(1, chunk_elements // max(1, batch * width))
+
+    def chunk_logits(image: Tensor, labels: Tensor, attributes: Tensor, label_part: Tensor,
+                     attribute_part: Tensor) -> Tensor:
+        weights = semantic_weights(image, attributes, top_k, tau)
+        hidden = label_part + torch.einsum("bns,nsh->bnh", weights.to(attribute_part.dtype), attribute_part)
+        fused = fusion.finish(hidden)
+        enhanced = F.normalize((1 - alpha) * labels.to(fused.dtype) + alpha * fused, dim=-1)
+        return torch.einsum("bd,bnd->bn", image.to(enhanced.dtype), enhanced)
+
+    recompute = torch.is_grad_enabled() and classes > step
+    pieces = []
+    for start in range(0, classes, step):
+        rows = slice(start, start + step)
+        part = projected.select(rows)
+        args = (image, labels[rows], attributes[rows], part.labels, part.attributes)
+        pieces.append(checkpoint(chunk_logits, *args, use_reentrant=False) if recompute else chunk_logits(*args))
+    return scale * torch.cat(pieces, dim=1)
+
+
+class SemPT(Method):
+    """Any method with SA/FE/UTIA on top; see the module docstring."""
+
+    name = "sempt"
+    description = "Semantic prompt tuning: attribute-enhanced class embeddings for unseen classes."
+
+    def __init__(
+        self,
+        base: Method,
+        settings: SemptHyperParameters,
+        attributes: AttributeBank | None,
+        seen: Collection[str],
+        *,
+        dim: int | None = None,
+    ) -> None:
+        super().__init__(base.train_classnames)
+        if dim is None:
+            if attributes is None:
+                raise SemptError("SemPT needs the description embeddings (or their width) to build its fusion MLP.")
+            dim = int(attributes.vectors.shape[-1])
+        if attributes is not None and attributes.vectors.shape[1] <= settings.top_k:
+            raise SemptError(f"top_k (K={settings.top_k}) must be smaller than the {attributes.vectors.shape[1]} "
+                             "descriptions per class of the attribute file.", "Pass a smaller --top-k.")
+        self.base = base
+        self.hyper = settings
+        self.attributes = attributes
+        self.seen = frozenset(seen)
+        device = next((p.device for p in base.parameters()), torch.device("cpu"))
+        self.fusion = AttributeFusion(dim, settings.fusion).to(device)
+
+    # ------------------------------------------------------------------ delegated to the wrapped method
+    def logit_scale(self) -> Tensor:
+        return self.base.logit_scale()
+
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        return self.base.image_embeddings(images)
+
+    def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
+        """T_lbl: the wrapped method's own class embeddings."""
+        return self.base.class_embeddings(classnames)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.base.on_epoch_start(epoch)
+
+    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
+        self.base.on_epoch_end(epoch, num_epochs)
+
+    def on_train_end(self) -> None:
+        self.base.on_train_end()
+
+    def extra_state(self) -> dict[str, Tensor]:
+        return self.base.extra_state()
+
+    def load_extra_state(self, state: Mapping[str, Tensor]) -> None:
+        self.base.load_extra_state(state)
+
+    # ------------------------------------------------------------------ SA + FE
+    def enhanced_logits(self, image: Tensor, labels: Tensor, attributes: Tensor,
+                        projected: ProjectedClasses | None = None) -> Tensor:
+        """Logits of `image` against T_enh of the classes whose T_lbl and T_atr are given."""
+        return enhanced_logits(image, labels, attributes, self.fusion, alpha=self.hyper.alpha,
+                               top_k=self.hyper.top_k, tau=self.hyper.tau_sa, scale=self.logit_scale(),
+                               projected=projected)
+
+    def _attributes_for(self, classnames: Sequence[str]) -> Tensor:
+        if self.attributes is None:
+            raise SemptError("SemPT needs attribute descriptions for these classes, and none were given.",
+                             "Generate them with `sempt gen-attributes --dataset DATASET`.")
+        return self.attributes.rows(classnames)
+
+    # ------------------------------------------------------------------ UTIA
+    def training_loss(self, batch: Batch) -> LossOutput:
+        """(1−β)·(the method's loss vs T_lbl) + β·(the same loss vs T_enh) + the method's extra terms."""
+        step = self.base.training_forward(batch)
+        beta = self.hyper.beta
+        loss = step.head_loss(self.base.logits(step.image_embeddings, step.class_embeddings)).scaled(1 - beta, "_lbl")
+        if beta > 0:
+            attributes = self._attributes_for(self.train_classnames)
+            enhanced = self.enhanced_logits(step.image_embeddings, step.class_embeddings, attributes)
+            loss = loss + step.head_loss(enhanced).scaled(beta, "_enh")
+        return loss if step.extra is None else loss + step.extra
+
+    def uses_enhanced(self, classnames: Sequence[str]) -> Tensor:
+        """Which classes are scored against T_enh under `sempt.inference` (hybrid: exactly the unseen ones)."""
+        rule = self.hyper.inference
+        return torch.tensor([rule == "enhanced" or (rule == "hybrid" and name not in self.seen)
+                             for name in classnames], dtype=torch.bool)
+
+    def classifier(self, classnames: Sequence[str]) -> Classifier:
+        """Seen classes against T_lbl, unseen against T_enh, in one logit matrix (so they can compete)."""
+        labels = self.class_embeddings(classnames)
+        enhanced = self.uses_enhanced(classnames).nonzero().flatten().to(labels.device)
+        if len(enhanced) == 0:
+            return lambda image: self.base.logits(image, labels)
+        all_rows = self._attributes_for(classnames).to(labels.device)
+        chosen_labels, chosen_attributes = labels[enhanced], all_rows[enhanced]
+        projected = self.fusion.project(chosen_labels, chosen_attributes)
+
+        def logits(image: Tensor) -> Tensor:
+            out = self.base.logits(image, labels)
+            out[:, enhanced] = self.enhanced_logits(image, chosen_labels, chosen_attributes, projected).to(out.dtype)
+            return out
+
+        return logits
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainable_state(self) -> dict[str, Tensor]:
+        own = {f"{STATE_PREFIX}fusion.{k}": v for k, v in learned_state_dict(self.fusion).items()}
+        return self.base.trainable_state() | own
+
+    def load_trainable_state(self, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:
+        check_state(state, self.trainable_state(), source=source)
+        self.base.load_trainable_state({k: v for k, v in state.items() if not k.startswith(STATE_PREFIX)}, source)
+        own = {k.removeprefix(f"{STATE_PREFIX}fusion."): v for k, v in state.items() if k.startswith(STATE_PREFIX)}
+        self.fusion.load_state_dict(own)
+
+
+def wrap_with_sempt(
+    base: Method, settings: SemptHyperParameters, attributes: AttributeBank | None, seen: Collection[str],
+    dim: int | None = None,
+) -> SemPT:
+    """`SemPT(base, ...)` on the base's device: the one entry point the pipelines use."""
+    device = next((p.device for p in base.parameters()), torch.device("cpu"))
+    return SemPT(base, settings, attributes.to(device) if attributes is not None else None, seen, dim=dim)
+

@@ -1,0 +1,132 @@
+"""SemPT's inputs for a dataset: which attribute file, its T_atr as an `AttributeBank`, and the seen classes.
+
+* **Attribute file.** `sempt.attributes` when given (training dataset only), else
+  `<paths.attributes_dir>/<dataset>.json`. The demo world needs no file in the working directory: its
+  ground-truth file is derived into the cache when none is found. Datasets of the ImageNet family (-V2,
+  -Sketch, -A, -R) use ImageNet's file, row by row through their ImageNet-1k labels.
+* **Seen classes** come from the teacher checkpoint's metadata (`seen_classnames`: the classes its labelled
+  training saw), never from a flag. They count as seen only on the teacher's own dataset or a dataset that
+  shares its label space (the ImageNet family, cross-domain); on any other dataset (cross-dataset targets)
+  every class is unseen and uses T_enh, even when a name happens to coincide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from sempt_cli.data import DEMO_KEY
+from sempt_cli.data.registry import canonical_dataset_name, imagenet_rows
+from sempt_cli.errors import SemptError
+from sempt_cli.io import sha256_file
+from sempt_cli.methods.base import Method
+from sempt_cli.methods.sempt import AttributeBank, SemPT, wrap_with_sempt
+from sempt_cli.models.checkpoint import load_learned
+from sempt_cli.settings import Settings
+
+VARIANT = "w/ SemPT"
+"""The sidecar `variant` of a SemPT model; tables title it '<method> w/ SemPT', as the papers do."""
+INFERENCE_TITLES = {"hybrid": "T_lbl seen, T_enh unseen", "label": "T_lbl for all", "enhanced": "T_enh for all"}
+"""`sempt.inference` as SemPT's Table 4a names its rows."""
+
+
+def attribute_file(dataset: str, settings: Settings, *, explicit: bool = True) -> Path:
+    """The attribute file SemPT reads for `dataset` (see the module docstring); `explicit` lets
+    `sempt.attributes` answer (it names the training dataset's file, not a transfer target's)."""
+    if explicit and settings.sempt.attributes is not None:
+        if not settings.sempt.attributes.is_file():
+            raise SemptError(f"The attribute file {settings.sempt.attributes} does not exist.",
+                             "Check --attributes, or generate one with `sempt gen-attributes`.")
+        return settings.sempt.attributes
+    key = canonical_dataset_name(dataset) or dataset
+    candidate = settings.paths.attributes_dir / f"{key}.json"
+    if candidate.is_file():
+        return candidate
+    if key == DEMO_KEY:
+        return _demo_attribute_file(settings)
+    rows = imagenet_rows(key)
+    if rows is not None and key != "imagenet":
+        return attribute_file("imagenet", settings, explicit=False)
+    raise SemptError(
+        f"SemPT needs attribute descriptions for {key}, and {candidate} does not exist.",
+        f"Generate it with `sempt gen-attributes --dataset {key}` (or pass --attributes-dir / --no-sempt).",
+    )
+
+
+def _demo_attribute_file(settings: Settings) -> Path:
+    """The demo world's ground-truth file (`gen-attributes --strategy ground-truth`), derived once into the cache."""
+    from sempt_cli.knowledge import demo_attribute_file, write_attribute_file
+
+    path = settings.paths.cache_dir / "attributes" / f"{DEMO_KEY}-s{settings.sempt.num_descriptions}.json"
+    if not path.is_file():
+        write_attribute_file(demo_attribute_file(settings.sempt.num_descriptions), path)
+    return path
+
+
+def attribute_bank(
+    teacher_checkpoint: Path, dataset: str, classnames: Sequence[str], settings: Settings, path: Path,
+    console: Console | None = None,
+) -> AttributeBank:
+    """T_atr of `classnames` (all classes of `dataset`, label order) from the file at `path`, encoded by the
+    teacher's text tower (`embed_attributes`, cached)."""
+    from sempt_cli.pipeline.attributes import embed_attributes
+
+    described = embed_attributes(teacher_checkpoint, path, settings, console=console)
+    key = canonical_dataset_name(dataset) or dataset
+    if described.classnames == list(classnames):
+        return AttributeBank(list(classnames), described.vectors)
+    rows = imagenet_rows(key)
+    if rows is not None and len(described.classnames) == len(imagenet_rows("imagenet") or ()):
+        return AttributeBank(list(classnames), described.vectors[rows])
+    raise SemptError(f"The attribute file {path} describes {len(described.classnames)} classes that are not "
+                     f"{key}'s {len(classnames)} classes.",
+                     f"Generate one with `sempt gen-attributes --dataset {key}`.")
+
+
+def seen_classes(teacher_meta: dict[str, Any], dataset: str) -> list[str]:
+    """The teacher's labelled training classes if `dataset` shares the teacher's label space, else none."""
+    teacher_dataset = canonical_dataset_name(str(teacher_meta.get("dataset"))) or teacher_meta.get("dataset")
+    key = canonical_dataset_name(dataset) or dataset
+    same_space = key == teacher_dataset or (imagenet_rows(key) is not None and teacher_dataset is not None
+                                           and imagenet_rows(str(teacher_dataset)) is not None)
+    if "seen_classnames" not in teacher_meta:
+        raise SemptError("The teacher checkpoint does not say which classes it was trained on (no seen_classnames).",
+                         "Re-create it with this version of `sempt train-teacher`.")
+    return list(teacher_meta["seen_classnames"]) if same_space else []
+
+
+@dataclass(frozen=True)
+class SemptInputs:
+    """What a SemPT model was built from, as recorded in its sidecar."""
+
+    attributes_file: str | None
+    attributes_sha256: str | None
+    seen_dataset: str
+    seen_classnames: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"attributes_file": self.attributes_file, "attributes_sha256": self.attributes_sha256,
+                "seen_dataset": self.seen_dataset, "seen_classnames": self.seen_classnames}
+
+
+def apply_sempt(
+    method: Method, teacher_checkpoint: Path, dataset: str, classnames: Sequence[str], settings: Settings, *,
+    training: bool, file_for: Callable[[str], Path] | None = None, console: Console | None = None,
+) -> tuple[SemPT, SemptInputs]:
+    """Wrap `method` with SemPT for `dataset` (`settings`: the model's own, with today's paths). Descriptions
+    are loaded only if some class needs T_enh (training always does; hybrid evaluation only for unseen
+    classes), from `file_for(dataset)` or else `attribute_file`."""
+    meta = load_learned(teacher_checkpoint).metadata
+    seen = seen_classes(meta, dataset)
+    dim = int(method.class_embeddings(list(classnames)[:1]).shape[-1])
+    needs_descriptions = training or settings.sempt.inference != "hybrid" or not set(classnames) <= set(seen)
+    locate = file_for or (lambda name: attribute_file(name, settings, explicit=training))
+    path = locate(dataset) if needs_descriptions else None
+    bank = None if path is None else attribute_bank(teacher_checkpoint, dataset, classnames, settings, path, console)
+    inputs = SemptInputs(None if path is None else str(path), None if path is None else sha256_file(path),
+                         str(meta.get("dataset")), seen)
+    return wrap_with_sempt(method, settings.sempt, bank, seen, dim=dim), inputs
