@@ -8,6 +8,7 @@ import typer
 
 from sempt_cli import __version__
 from sempt_cli.cli import config, data
+from sempt_cli.cli import interop as interop_cli
 from sempt_cli.cli.ablate import ablate
 from sempt_cli.cli.demo import demo
 from sempt_cli.cli.distill import distill
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(config.app, name="config")
 app.add_typer(data.app, name="data")
+app.add_typer(interop_cli.app, name="interop")
 app.command("train-teacher")(train_teacher)
 app.command("embed")(embed)
 app.command("gen-attributes")(gen_attributes)

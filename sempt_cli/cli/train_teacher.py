@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -18,16 +19,31 @@ TEACHER_METHODS = ("promptsrc", "ivlp", "coop", "vpt")
 def train_teacher(
     options: dict[str, Any],
     method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(TEACHER_METHODS)}.")] = "promptsrc",
+    import_official: Annotated[
+        Path | None,
+        typer.Option("--import-official", metavar="PATH", show_default=False,
+                     help="Do not train: import an official PromptSRC/IVLP checkpoint (model-best.pth.tar, "
+                          "model.pth.tar-20) into a run folder, as `sempt interop import-teacher` does."),
+    ] = None,
 ) -> None:
     """Train a prompt learner (PromptSRC, IVLP, CoOp, VPT) and evaluate it.
 
     Train a prompt learner (by default PromptSRC with the official hyper-parameters of the chosen setting),
-    save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run."""
+    save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run.
+    With --import-official PATH nothing is trained: the official checkpoint becomes the run's checkpoint."""
     from sempt_cli.pipeline.teacher import resolve_with_preset
     from sempt_cli.pipeline.teacher import train_teacher as run
 
     if method not in TEACHER_METHODS:
         raise SettingsError(f"Unknown teacher method {method!r}; choose one of {', '.join(TEACHER_METHODS)}.")
+    if import_official is not None:
+        from sempt_cli.cli.interop import print_import
+        from sempt_cli.interop.convert import import_teacher
+
+        imported = import_teacher(import_official, method=method, overrides=overrides_from_options(options),
+                                  config_file=options.get("opt__config"), console=Console(stderr=True))
+        print_import(imported)
+        return
     resolved = resolve_with_preset(method, overrides_from_options(options), config_file=options.get("opt__config"))
     result = run(method, resolved, console=Console(stderr=True))
     print_run(f"{method} on {resolved.settings.data.dataset}", result.metrics, result.checkpoint)

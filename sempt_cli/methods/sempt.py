@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sempt_cli.errors import SemptError
 from sempt_cli.methods.base import Batch, Classifier, LossOutput, Method, contiguous_block
-from sempt_cli.models.checkpoint import check_state, learned_state_dict
+from sempt_cli.models.checkpoint import check_state
 from sempt_cli.settings import SemptHyperParameters
 
 STATE_PREFIX = "sempt."
@@ -178,6 +178,7 @@ class SemPT(Method):
         self.seen = frozenset(seen)
         device = next((p.device for p in base.parameters()), torch.device("cpu"))
         self.fusion = AttributeFusion(dim, settings.fusion).to(device)
+        self.fusion.requires_grad_(settings.beta > 0)  # β = 0: L_enh is absent and nothing trains the fusion
 
     # ------------------------------------------------------------------ delegated to the wrapped method
     def logit_scale(self) -> Tensor:
@@ -256,7 +257,7 @@ class SemPT(Method):
 
     # ------------------------------------------------------------------ checkpoints
     def trainable_state(self) -> dict[str, Tensor]:
-        own = {f"{STATE_PREFIX}fusion.{k}": v for k, v in learned_state_dict(self.fusion).items()}
+        own = {f"{STATE_PREFIX}fusion.{k}": v.detach() for k, v in self.fusion.state_dict().items()}  # even at β = 0
         return self.base.trainable_state() | own
 
     def load_trainable_state(self, state: Mapping[str, Tensor], source: str = "checkpoint") -> None:

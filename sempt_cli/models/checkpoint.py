@@ -174,18 +174,12 @@ def _open_clip_version() -> str:
 def official_prompt_keys(vision_depth: int, text_depth: int) -> dict[str, str]:
     """Where the official PromptSRC / PromptKD code stores each of our prompt tensors (spec §3.1, §7.1).
 
-    Keys are `vision.<i>` / `text.<i>` (layer i of that tower's `DeepPrompts`), values the official names.
+    Keys are `vision.<i>` / `text.<i>` (layer i of that tower's `DeepPrompts`), values the official names. The
+    table itself lives in `sempt_cli.interop.official`, with the rest of the official layouts.
     """
-    keys = {}
-    for layer in range(vision_depth):
-        keys[f"vision.{layer}"] = (
-            "image_encoder.VPT" if layer == 0 else f"image_encoder.transformer.resblocks.{layer}.VPT_shallow"
-        )
-    for layer in range(text_depth):
-        keys[f"text.{layer}"] = (
-            "prompt_learner.ctx" if layer == 0 else f"text_encoder.transformer.resblocks.{layer}.VPT_shallow"
-        )
-    return keys
+    from sempt_cli.interop.official import prompt_keys
+
+    return prompt_keys(vision_depth, text_depth)
 
 
 def import_official_prompts(

@@ -1,0 +1,62 @@
+"""Interoperability with the official PromptSRC / IVLP / PromptKD code: use their checkpoints, hand results back.
+
+Python API::
+
+    from sempt_cli.interop import export_official, import_student, import_teacher
+
+    teacher = import_teacher("teacher_model/OxfordFlowers/VLPromptLearner/model-best.pth.tar")
+    teacher.checkpoint  # runs/teachers/oxford_flowers/promptsrc-base2novel-official-<key>/model.safetensors
+    student = import_student("output/.../VLPromptLearner/model-best.pth.tar", teacher.checkpoint,
+                             overrides={"data.seed": 1})
+    export_official(student.checkpoint).path  # .../official/VLPromptLearner/model-best.pth.tar
+
+Modules: `official` (the name and shape tables, pure), `dassl` (reading and writing the `.pth.tar` files without
+trusting pickle), `convert` (models, settings and sidecars). MMRL joins as one more table in `official` once
+the method exists. Importing this package is cheap; the functions load torch-heavy modules on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sempt_cli.interop.convert import ExportResult, ImportResult, export_official, import_student, import_teacher
+    from sempt_cli.interop.dassl import read_dassl_checkpoint, write_dassl_checkpoint
+    from sempt_cli.interop.official import LAYOUTS, PROMPTKD_STUDENT, PROMPTSRC_TEACHER, Layout
+
+_LAZY = {
+    "ExportResult": "sempt_cli.interop.convert",
+    "ImportResult": "sempt_cli.interop.convert",
+    "export_official": "sempt_cli.interop.convert",
+    "import_student": "sempt_cli.interop.convert",
+    "import_teacher": "sempt_cli.interop.convert",
+    "read_dassl_checkpoint": "sempt_cli.interop.dassl",
+    "write_dassl_checkpoint": "sempt_cli.interop.dassl",
+    "LAYOUTS": "sempt_cli.interop.official",
+    "Layout": "sempt_cli.interop.official",
+    "PROMPTKD_STUDENT": "sempt_cli.interop.official",
+    "PROMPTSRC_TEACHER": "sempt_cli.interop.official",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+__all__ = [
+    "LAYOUTS",
+    "PROMPTKD_STUDENT",
+    "PROMPTSRC_TEACHER",
+    "ExportResult",
+    "ImportResult",
+    "Layout",
+    "export_official",
+    "import_student",
+    "import_teacher",
+    "read_dassl_checkpoint",
+    "write_dassl_checkpoint",
+]
