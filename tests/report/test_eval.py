@@ -55,7 +55,8 @@ def runs(demo_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     common = {**TINY, "paths.cache_dir": str(demo_cache), "paths.output_dir": str(out), "train.epochs": 1}
     teacher = train_teacher("promptsrc", resolve_with_preset("promptsrc", {**common, "data.shots": 1}, env={}))
     student = distill("promptkd", teacher.checkpoint, resolve_distill_settings(
-        "promptkd", teacher.checkpoint, {**common, "data.shots": 1, "data.batch_size": 8}, env={}))
+        "promptkd", teacher.checkpoint, {**common, "data.shots": 1, "data.batch_size": 8, "sempt.enabled": False},
+        env={}))
     return {"teacher": teacher, "student": student}
 
 
