@@ -41,7 +41,7 @@ def _fmt(stat: Stat | None) -> str:
 
 def ablation_view(result: AblationResult) -> TableView:
     grid, paper = result.grid, paper_values(result)
-    columns = [grid.param, "ours base", "ours novel", "ours HM", "ours all", "paper base", "paper novel", "paper HM"]
+    columns = [grid.param, "base", "novel", "HM", "all", "paper base", "paper novel", "paper HM"]
     if result.comparable:
         columns.append("Δ HM")
     rows = []
@@ -54,7 +54,8 @@ def ablation_view(result: AblationResult) -> TableView:
             cells.append(f"{hm.mean - published['hm'].value:+.2f}" if hm and "hm" in published else "—")
         rows.append(("ours", cells))
     seeds = ", ".join(str(s) for s in result.seeds)
-    notes = [f"Ours: PromptKD w/ SemPT on {result.dataset}, seeds {seeds} ({grid.setting} varied; mean ± std).",
+    notes = [f"Ours (base, novel, HM, all): PromptKD w/ SemPT on {result.dataset}, seeds {seeds} ({grid.setting} "
+             "varied; mean ± std).",
              f"Paper: SemPT Table {grid.table} ({grid.title}), average over its 11 datasets (ViT-B/16 student)."]
     if result.note:
         notes.append(result.note)
