@@ -85,6 +85,18 @@ MODES = {
 TARGETS = {100: 2.5, 1000: 10.0}  # issue 4 acceptance: cached step >= this many times faster than recompute
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--threads, --seed, --clock and --json: how every benchmark here runs and reports, spelled once."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--clock", choices=["wall", "process"], default="wall",
+        help="'process' times CPU seconds of this process: steadier than wall time on a shared CPU machine "
+        "(use with --threads 1)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="ViT-L-14-quickgelu")
@@ -107,14 +119,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-batch", type=int, default=None, help="default 8 on CPU, 100 on CUDA (official)")
     parser.add_argument("--eval-repeats", type=int, default=None, help="default 4 on CPU, 20 on CUDA")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation-throughput part")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--clock", choices=["wall", "process"], default="wall",
-        help="'process' times CPU seconds of this process: steadier than wall time on a shared CPU machine "
-        "(use with --threads 1)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_arguments(parser)
     return parser.parse_args()
 
 

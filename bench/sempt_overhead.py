@@ -72,7 +72,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import open_clip
 from safetensors.torch import save_file
 
-from bench.distill_step import Variant, backbone_at, describe, method_settings, time_round_robin, vision_flops
+from bench.distill_step import (
+    Variant,
+    add_run_arguments,
+    backbone_at,
+    describe,
+    method_settings,
+    time_round_robin,
+    vision_flops,
+)
 from sempt_cli.engine.runtime import Runtime, seeded
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
 from sempt_cli.methods.base import Batch, Classifier, Method
@@ -83,7 +91,6 @@ from sempt_cli.methods.sempt import (
     ProjectedClasses,
     SemPT,
     enhanced_embeddings_naive,
-    wrap_with_sempt,
 )
 from sempt_cli.models.factory import load_clip
 from sempt_cli.settings import SemptHyperParameters
@@ -121,14 +128,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-batch", type=int, default=None, help="default 32 on CPU, 100 on CUDA (official)")
     parser.add_argument("--eval-repeats", type=int, default=None, help="default 1 on CPU, 20 on CUDA")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation part")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--clock", choices=["wall", "process"], default="wall",
-        help="'process' times CPU seconds of this process: steadier than wall time on a shared CPU machine "
-        "(use with --threads 1)",
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -343,7 +343,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 student = PromptKD(student_clip, names, student_settings, None, teacher=signals,
                                    teacher_dim=dim).to(device)
             with seeded(args.seed + 7):
-                sempt = wrap_with_sempt(student, hyper, bank, seen=())
+                sempt = SemPT(student, hyper, bank, seen=())
             naive = NaiveSemPT(student, hyper, bank, seen=())
             naive.fusion = sempt.fusion  # one fusion MLP for both SemPT variants
             methods: dict[str, Method] = {"baseline": student, "sempt": sempt, "sempt-naive": naive}

@@ -276,6 +276,13 @@ def bundled_wnid_subset(name: str) -> list[tuple[str, int, str]]:
     return list(_wnid_subset(info.wnid_subset))
 
 
+def label_space(name: str) -> str:
+    """The dataset whose classes `name`'s labels are: "imagenet" for the ImageNet family (-V2, -Sketch, -A, -R),
+    the dataset itself otherwise. Knowledge per class (seen classes, attribute files) is shared within a space."""
+    key = canonical_dataset_name(name) or name
+    return "imagenet" if key in DATASETS and imagenet_rows(key) is not None else key
+
+
 def imagenet_rows(name: str) -> list[int] | None:
     """For a dataset of the ImageNet family (ImageNet, -V2, -Sketch, -A, -R): the ImageNet-1k label of each of
     its labels, so anything computed per ImageNet class serves it; None for every other dataset."""

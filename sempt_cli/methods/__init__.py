@@ -13,9 +13,8 @@ from sempt_cli.methods.base import (
     method_names,
     register_method,
 )
-from sempt_cli.methods.sempt import SemPT, wrap_with_sempt
+from sempt_cli.methods.sempt import SemPT
 
 __all__ = [
     "Batch", "LossOutput", "Method", "SemPT", "TrainingForward", "get_method", "method_names", "register_method",
-    "wrap_with_sempt",
 ]

@@ -172,11 +172,11 @@ class SemPT(Method):
         if attributes is not None and attributes.vectors.shape[1] <= settings.top_k:
             raise SemptError(f"top_k (K={settings.top_k}) must be smaller than the {attributes.vectors.shape[1]} "
                              "descriptions per class of the attribute file.", "Pass a smaller --top-k.")
+        device = next((p.device for p in base.parameters()), torch.device("cpu"))
         self.base = base
         self.hyper = settings
-        self.attributes = attributes
+        self.attributes = None if attributes is None else attributes.to(device)
         self.seen = frozenset(seen)
-        device = next((p.device for p in base.parameters()), torch.device("cpu"))
         self.fusion = AttributeFusion(dim, settings.fusion).to(device)
         self.fusion.requires_grad_(settings.beta > 0)  # β = 0: L_enh is absent and nothing trains the fusion
 
@@ -265,13 +265,4 @@ class SemPT(Method):
         self.base.load_trainable_state({k: v for k, v in state.items() if not k.startswith(STATE_PREFIX)}, source)
         own = {k.removeprefix(f"{STATE_PREFIX}fusion."): v for k, v in state.items() if k.startswith(STATE_PREFIX)}
         self.fusion.load_state_dict(own)
-
-
-def wrap_with_sempt(
-    base: Method, settings: SemptHyperParameters, attributes: AttributeBank | None, seen: Collection[str],
-    dim: int | None = None,
-) -> SemPT:
-    """`SemPT(base, ...)` on the base's device: the one entry point the pipelines use."""
-    device = next((p.device for p in base.parameters()), torch.device("cpu"))
-    return SemPT(base, settings, attributes.to(device) if attributes is not None else None, seen, dim=dim)
 

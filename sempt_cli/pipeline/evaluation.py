@@ -168,6 +168,13 @@ class _Student(_Model):
         self.sidecar = sidecar
         self.current = current
         self.settings = sidecar_settings(meta, current.paths)
+        self.sempt = meta.get("sempt")
+        variant = str(meta.get("variant", ""))  # e.g. 'w/ SemPT', written by the pipeline that trained it
+        if self.sempt is not None:  # the inference rule is chosen at evaluation time (Table 4a)
+            rule = current.sempt.inference
+            self.settings = self.settings.model_copy(
+                update={"sempt": self.settings.sempt.model_copy(update={"inference": rule})})
+            variant = VARIANT if rule == "hybrid" else f"{VARIANT} ({INFERENCE_TITLES[rule]})"
         self.teacher = Path(teacher or meta["teacher_checkpoint"])  # verified only if something needs scoring
         self.info = ModelInfo(
             kind="student", method=meta["method"], backbone=meta["backbone"],
@@ -175,17 +182,11 @@ class _Student(_Model):
             config_hash=config_hash(self.settings), train_dataset=meta["dataset"], train_setting=meta["setting"],
             checkpoint=str(sidecar.path), checkpoint_sha256=sidecar.sha256, teacher_checkpoint=str(self.teacher),
             teacher_sha256=meta["teacher_sha256"], backbone_identity=meta.get("backbone_identity"),
-            variant=str(meta.get("variant", "")),  # e.g. 'w/ SemPT', written by the pipeline that trained it
+            variant=variant,
         )
         self.key_parts = {"kind": "student", "checkpoint": sidecar.sha256, "teacher": meta["teacher_sha256"]}
-        self.sempt = meta.get("sempt")
-        if self.sempt is not None:  # the inference rule is chosen at evaluation time (Table 4a)
-            rule = current.sempt.inference
-            self.key_parts["inference"] = rule
-            self.settings = self.settings.model_copy(
-                update={"sempt": self.settings.sempt.model_copy(update={"inference": rule})})
-            self.info.variant = VARIANT if rule == "hybrid" else f"{VARIANT} ({INFERENCE_TITLES[rule]})"
-            self.info.config_hash = config_hash(self.settings)
+        if self.sempt is not None:
+            self.key_parts["inference"] = self.settings.sempt.inference
 
     def key_for(self, datasets: Sequence[str]) -> dict[str, Any]:
         """SemPT scores transfer targets with their own attribute files: their contents are part of the key."""
@@ -209,7 +210,7 @@ class _Student(_Model):
                 raise SemptError(f"The attribute file this student was trained with ({path}) is missing or changed.",
                                  "Restore it: its descriptions are part of the trained model.")
             return path
-        return attribute_file(dataset, self.current, explicit=False)
+        return attribute_file(dataset, self.settings, explicit=False)
 
     def loaded(self, runtime: Runtime) -> None:
         _verify_teacher(self.teacher, self.sidecar.metadata["teacher_sha256"])
@@ -224,16 +225,11 @@ class _Student(_Model):
         method = get_method(self.info.method)(  # type: ignore[call-arg]
             self.clip, classnames, self.settings, None, teacher=signals, teacher_dim=int(vectors.shape[1])
         ).to(runtime.device)
-        if self.sempt is not None:
-            method = self._with_sempt(method, dataset, classnames, console)
+        if self.sempt is not None:  # seen classes from the teacher, descriptions only where needed
+            method, _ = apply_sempt(method, self.teacher, dataset, classnames, self.settings, training=False,
+                                    file_for=self._attribute_file, console=console)
         method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
         return method
-
-    def _with_sempt(self, method: Method, dataset: str, classnames: list[str], console: Console) -> Method:
-        """SemPT on the rebuilt student: seen classes from the teacher, descriptions only where needed."""
-        wrapped, _ = apply_sempt(method, self.teacher, dataset, classnames, self.settings, training=False,
-                                 file_for=self._attribute_file, console=console)
-        return wrapped
 
 
 def _verify_teacher(path: Path, expected_sha256: str) -> None:

@@ -20,11 +20,11 @@ from typing import Any
 from rich.console import Console
 
 from sempt_cli.data import DEMO_KEY
-from sempt_cli.data.registry import canonical_dataset_name, imagenet_rows
+from sempt_cli.data.registry import canonical_dataset_name, imagenet_rows, label_space
 from sempt_cli.errors import SemptError
 from sempt_cli.io import sha256_file
 from sempt_cli.methods.base import Method
-from sempt_cli.methods.sempt import AttributeBank, SemPT, wrap_with_sempt
+from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.settings import Settings
 
@@ -48,9 +48,8 @@ def attribute_file(dataset: str, settings: Settings, *, explicit: bool = True) -
         return candidate
     if key == DEMO_KEY:
         return _demo_attribute_file(settings)
-    rows = imagenet_rows(key)
-    if rows is not None and key != "imagenet":
-        return attribute_file("imagenet", settings, explicit=False)
+    if label_space(key) != key:
+        return attribute_file(label_space(key), settings, explicit=False)
     raise SemptError(
         f"SemPT needs attribute descriptions for {key}, and {candidate} does not exist.",
         f"Generate it with `sempt gen-attributes --dataset {key}` (or pass --attributes-dir / --no-sempt).",
@@ -80,7 +79,7 @@ def attribute_bank(
     if described.classnames == list(classnames):
         return AttributeBank(list(classnames), described.vectors)
     rows = imagenet_rows(key)
-    if rows is not None and len(described.classnames) == len(imagenet_rows("imagenet") or ()):
+    if rows is not None and len(described.classnames) == len(imagenet_rows(label_space(key)) or ()):
         return AttributeBank(list(classnames), described.vectors[rows])
     raise SemptError(f"The attribute file {path} describes {len(described.classnames)} classes that are not "
                      f"{key}'s {len(classnames)} classes.",
@@ -89,13 +88,10 @@ def attribute_bank(
 
 def seen_classes(teacher_meta: dict[str, Any], dataset: str) -> list[str]:
     """The teacher's labelled training classes if `dataset` shares the teacher's label space, else none."""
-    teacher_dataset = canonical_dataset_name(str(teacher_meta.get("dataset"))) or teacher_meta.get("dataset")
-    key = canonical_dataset_name(dataset) or dataset
-    same_space = key == teacher_dataset or (imagenet_rows(key) is not None and teacher_dataset is not None
-                                           and imagenet_rows(str(teacher_dataset)) is not None)
     if "seen_classnames" not in teacher_meta:
         raise SemptError("The teacher checkpoint does not say which classes it was trained on (no seen_classnames).",
                          "Re-create it with this version of `sempt train-teacher`.")
+    same_space = label_space(dataset) == label_space(str(teacher_meta.get("dataset")))
     return list(teacher_meta["seen_classnames"]) if same_space else []
 
 
@@ -129,4 +125,4 @@ def apply_sempt(
     bank = None if path is None else attribute_bank(teacher_checkpoint, dataset, classnames, settings, path, console)
     inputs = SemptInputs(None if path is None else str(path), None if path is None else sha256_file(path),
                          str(meta.get("dataset")), seen)
-    return wrap_with_sempt(method, settings.sempt, bank, seen, dim=dim), inputs
+    return SemPT(method, settings.sempt, bank, seen, dim=dim), inputs

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sempt_cli.report.paper import PaperNumber, load_paper_numbers
-from sempt_cli.report.records import Stat
-from sempt_cli.report.tables import TableView
+from sempt_cli.report.tables import TableView, format_value
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,12 +32,6 @@ def paper_values(result: AblationResult) -> dict[str, dict[str, PaperNumber]]:
     return out
 
 
-def _fmt(stat: Stat | None) -> str:
-    if stat is None:
-        return "—"
-    return f"{stat.mean:.2f} ± {stat.std:.2f}" if stat.n > 1 else f"{stat.mean:.2f}"
-
-
 def ablation_view(result: AblationResult) -> TableView:
     grid, paper = result.grid, paper_values(result)
     columns = [grid.param, "base", "novel", "HM", "all", "paper base", "paper novel", "paper HM"]
@@ -46,7 +39,7 @@ def ablation_view(result: AblationResult) -> TableView:
         columns.append("Δ HM")
     rows = []
     for point in result.points:
-        cells = [point.value, *(_fmt(point.stats.get(m)) for m in (*METRICS, "all"))]
+        cells = [point.value, *(format_value(point.stats.get(m)) for m in (*METRICS, "all"))]
         published = paper.get(point.value, {})
         cells += [published[m].formatted() if m in published else "—" for m in METRICS]
         if result.comparable:

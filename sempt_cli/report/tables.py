@@ -210,7 +210,8 @@ class TableView:
     notes: list[str] = field(default_factory=list)
 
 
-def _fmt(value: Stat | float | None) -> str:
+def format_value(value: Stat | float | None) -> str:
+    """A table cell: '—' for nothing, 'mean ± std' over several seeds, else the value, two decimals."""
     if value is None:
         return "—"
     if isinstance(value, Stat):
@@ -260,7 +261,7 @@ def _base2novel_views(batch: Sequence[Comparison]) -> list[TableView]:
         table_rows = []
         for comparison in batch:
             if dataset in comparison.columns:
-                cells = [comparison.group.label, *(_fmt(comparison.ours(dataset, m)) for m in metrics)]
+                cells = [comparison.group.label, *(format_value(comparison.ours(dataset, m)) for m in metrics)]
                 table_rows.append(("ours", cells + [""] * (len(columns) - len(cells))))
         for row in rows:
             cells = [row.label]
@@ -278,7 +279,7 @@ def _base2novel_views(batch: Sequence[Comparison]) -> list[TableView]:
 
 def _accuracy_view(batch: Sequence[Comparison]) -> TableView:
     columns = list(dict.fromkeys(d for c in batch for d in c.columns))
-    rows = [("ours", [c.group.label, *(_fmt(c.ours(d, "accuracy")) for d in columns)]) for c in batch]
+    rows = [("ours", [c.group.label, *(format_value(c.ours(d, "accuracy")) for d in columns)]) for c in batch]
     paper = batch[0].paper if len(batch) == 1 else []
     for row in paper:
         cells = [row.label]
