@@ -15,6 +15,7 @@ from typing import Any
 from safetensors.torch import load_file, save
 from torch import Tensor
 
+from sempt_cli.engine.runtime import preserved_rng
 from sempt_cli.io import atomic_write_bytes, atomic_write_json, stable_hash
 
 
@@ -41,11 +42,14 @@ class TensorCache:
     def get_or_compute(
         self, kind: str, inputs: Mapping[str, Any], compute: Callable[[], Mapping[str, Tensor]]
     ) -> tuple[dict[str, Tensor], bool]:
-        """Return (tensors, hit): the cached entry, or `compute()` stored for next time."""
+        """Return (tensors, hit): the cached entry, or `compute()` stored for next time. `compute` runs with the
+        caller's random state preserved, so a hit and a miss leave the caller in the same state (it may rebuild
+        and reseed a model, as `load_teacher` does)."""
         cached = self.get(kind, inputs)
         if cached is not None:
             return cached, True
-        tensors = dict(compute())
+        with preserved_rng():
+            tensors = dict(compute())
         self.put(kind, inputs, tensors)
         return {k: v.detach().cpu() for k, v in tensors.items()}, False
 

@@ -62,6 +62,20 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block and then restore python's, numpy's and torch's random states: work that runs only sometimes
+    (filling a cache) must not change what the caller draws next (e.g. a model's initialisation)."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
     """Run a block under a fixed torch seed without disturbing the caller's RNG stream."""
     with torch.random.fork_rng(devices=[]):

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from sempt_cli.errors import SemptError, SettingsError
@@ -61,6 +62,17 @@ def test_distill_applies_sempt_by_default_with_the_teachers_seen_classes(
     assert baseline.run_dir != sempt_student.run_dir
     assert not any(k.startswith("sempt.") for k in load_file(baseline.checkpoint))
     assert "variant" not in load_learned(baseline.checkpoint).metadata
+
+
+def test_sempt_student_does_not_depend_on_whether_the_description_cache_was_warm(
+    sempt_student, teacher: Path, workspace: dict[str, str], tmp_path: Path
+) -> None:
+    """The fixture's run encoded T_atr (a cache miss reloads and reseeds the teacher); this one reads it."""
+    again = _distill(teacher, {**workspace, **STUDENT, "paths.output_dir": str(tmp_path)})
+    first, second = load_file(sempt_student.checkpoint), load_file(again.checkpoint)
+    assert first.keys() == second.keys()
+    for name, value in first.items():
+        assert torch.equal(value, second[name]), name
 
 
 def test_eval_reproduces_training_metrics_and_applies_each_inference_rule(
