@@ -245,6 +245,48 @@ class PromptKDSettings(_Section):
     )
 
 
+class MMRLSettings(_Section):
+    """MMRL (CVPR 2025, spec/mmrl.md): a shared representation space projected into both encoders' upper blocks.
+
+    The per-dataset regularisation weight and EuroSAT's wider space come from the method's preset (the official
+    `trainers/config.py` table), so these defaults are the official fallbacks."""
+
+    alpha: float = Field(
+        0.7, ge=0.0, le=1.0,
+        description="Weight of the class-token head, in the loss and in the fused logits (1−α: representation head).",
+        json_schema_extra={"flag": "mmrl-alpha"},
+    )
+    reg_weight: float = Field(
+        1.0, ge=0.0,
+        description="λ of the cosine regularisers towards frozen CLIP (preset: the official per-dataset value).",
+    )
+    rep_dim: int = Field(512, ge=1, description="Width d_r of the shared representation space (preset: EuroSAT 2048).")
+    num_tokens: int = Field(5, ge=1, description="K representation tokens.", json_schema_extra={"flag": "rep-tokens"})
+    start_layer: int = Field(
+        6, ge=1, description="1-based block the tokens enter (official REP_LAYERS 6..12: after 5 untouched blocks).",
+        json_schema_extra={"flag": "rep-start-layer"},
+    )
+    logit_scale: float = Field(
+        100.0, gt=0.0, description="Fixed logit scale (the official code hard-codes 100).",
+        json_schema_extra={"flag": "mmrl-logit-scale"},
+    )
+
+
+class DPTSettings(_Section):
+    """DPT (dual-modality prompt tuning: text + visual prompts + class-aware visual prompts)."""
+
+    variant: Literal["vpt", "vlp", "dpt"] = Field(
+        "dpt", description="vpt = visual prompts only; vlp = text + visual prompts; dpt = vlp + class-aware visual "
+        "prompts.", json_schema_extra={"flag": "dpt-variant"},
+    )
+
+
+class RestoreSettings(_Section):
+    """RESTORE (feature-shift consistency + feature-shift-guided surgery adapters) on IVLP deep prompts."""
+
+    fs_weight: float = Field(1.0, ge=0.0, description="λ_fs, weight of the feature-shift consistency loss.")
+
+
 class LLMSettings(_Section):
     """The LLM that writes attribute descriptions (`sempt gen-attributes`, spec §1): any OpenAI-compatible endpoint.
 
@@ -396,6 +438,9 @@ class Settings(BaseSettings):
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     promptsrc: PromptSRCSettings = Field(default_factory=PromptSRCSettings)
     promptkd: PromptKDSettings = Field(default_factory=PromptKDSettings)
+    mmrl: MMRLSettings = Field(default_factory=MMRLSettings)
+    dpt: DPTSettings = Field(default_factory=DPTSettings)
+    restore: RestoreSettings = Field(default_factory=RestoreSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 

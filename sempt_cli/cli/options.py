@@ -28,6 +28,9 @@ _PANELS = {
     "prompts": "Prompts",
     "promptsrc": "PromptSRC",
     "promptkd": "PromptKD",
+    "mmrl": "MMRL",
+    "dpt": "DPT",
+    "restore": "RESTORE",
     "llm": "LLM (gen-attributes)",
     "eval": "Evaluation",
 }

@@ -66,11 +66,13 @@ def score_views(
     workers: int = 0,
     on_corrupt: str = "error",
     description: str = "eval",
+    in_domain: bool = True,
     console: Console | None = None,
 ) -> tuple[dict[str, dict[str, int]], int]:
     """Correct/total per view from one pass over `samples` (each image is encoded once, however many views
     score it), and the number of unreadable images left out (with `on_corrupt = skip`; the loader would
-    otherwise substitute a neighbour, which would count one image twice)."""
+    otherwise substitute a neighbour, which would count one image twice). `in_domain`: the images come from the
+    dataset `method` was trained on (`Method.classifier`)."""
     from torch.utils.data import DataLoader
 
     from sempt_cli.data.images import ImageDataset
@@ -79,7 +81,8 @@ def score_views(
     counts = {v.name: {"correct": 0, "total": 0} for v in views}
     unreadable = position = 0
     with runtime.autocast():
-        classifiers = {v.name: method.classifier(list(classnames[v.start : v.stop])) for v in views}
+        classifiers = {v.name: method.classifier(list(classnames[v.start : v.stop]), in_domain=in_domain)
+                       for v in views}
         loader = DataLoader(ImageDataset(samples, transform, on_corrupt),  # type: ignore[arg-type]
                             batch_size=batch_size, num_workers=workers)
         progress = Progress(TextColumn(f"[bold green]{description}"), BarColumn(), MofNCompleteColumn(),
@@ -96,12 +99,16 @@ def score_views(
                     images, labels = images[keep], labels[keep]
                 if len(labels) == 0:
                     continue
-                features = method.image_embeddings(images.to(runtime.device, non_blocking=True))
+                images = images.to(runtime.device, non_blocking=True)
+                shared = None if method.image_side_needs_classes else method.image_embeddings(images)
                 for view in views:
                     mask = (labels >= view.start) & (labels < view.stop)
                     if not bool(mask.any()):
                         continue
-                    logits = classifiers[view.name](features[mask.to(features.device)])
+                    selected = mask.to(images.device)
+                    features = shared[selected] if shared is not None else \
+                        method.image_embeddings_among(images[selected], classnames[view.start : view.stop])
+                    logits = classifiers[view.name](features)
                     predicted = logits.argmax(dim=-1).cpu() + view.start
                     counts[view.name]["correct"] += int((predicted == labels[mask]).sum())
                     counts[view.name]["total"] += int(mask.sum())

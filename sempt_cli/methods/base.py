@@ -6,8 +6,11 @@ A method is a plug-in on one engine, not a copy of a trainer. It declares
 * `training_forward(batch)` — its objective as (image embeddings, class embeddings, a loss on logits, extra
   terms), from which the default `training_loss(batch)` is built,
 * `class_embeddings(classnames)` and `image_embeddings(images)` — both L2-normalised, so that
-* `logits(image_embeddings, class_embeddings)` is its inference rule, and `classifier(classnames)` the same rule
-  with the class side prepared once per evaluation,
+* `logits(image_embeddings, class_embeddings)` is its inference rule, and `classifier(classnames, in_domain=)`
+  the same rule with the class side prepared once per evaluation (a method may score differently when the
+  images do not come from its training distribution: MMRL's decoupled inference),
+* `matching_embeddings(image_embeddings)` — the part of an image embedding compared with class embeddings by
+  cosine (all of it, unless a method carries more than one image feature, as MMRL does),
 * optional hooks at the end of an epoch / of training (e.g. PromptSRC's Gaussian prompt aggregation),
 * `presets(...)` — its official hyper-parameters per evaluation setting, applied below user settings.
 
@@ -97,6 +100,12 @@ class Method(nn.Module, ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    image_side_needs_classes: ClassVar[bool] = False
+    """True when image embeddings depend on the candidate classes (DPT's class-aware visual prompts): evaluation
+    then encodes images once per class list with `image_embeddings_among`."""
+    supervised: ClassVar[bool] = True
+    """Trained with labels (`train-teacher --method`, `distill --baseline` without a teacher); False for methods
+    that learn from a teacher (PromptKD) or not at all (zero-shot)."""
 
     def __init__(self, train_classnames: Sequence[str]) -> None:
         super().__init__()
@@ -120,6 +129,11 @@ class Method(nn.Module, ABC):
     def image_embeddings(self, images: Tensor) -> Tensor:
         """L2-normalised image embeddings [B, D] in the same space as `class_embeddings`."""
 
+    def image_embeddings_among(self, images: Tensor, classnames: Sequence[str]) -> Tensor:
+        """Image embeddings when the candidates are `classnames`; the same for every class list unless
+        `image_side_needs_classes`."""
+        return self.image_embeddings(images)
+
     def logit_scale(self) -> Tensor:
         return torch.tensor(100.0)
 
@@ -127,8 +141,15 @@ class Method(nn.Module, ABC):
         """Inference rule; cosine similarity times CLIP's (frozen) logit scale unless a method says otherwise."""
         return self.logit_scale() * image_embeddings @ class_embeddings.t().to(image_embeddings.dtype)
 
-    def classifier(self, classnames: Sequence[str]) -> Classifier:
-        """The inference rule for `classnames`, with the class side computed once (not once per image batch)."""
+    def matching_embeddings(self, image_embeddings: Tensor) -> Tensor:
+        """The part of `image_embeddings` [B, D'] that lives in the class-embedding space [B, D] (identity here)."""
+        return image_embeddings
+
+    def classifier(self, classnames: Sequence[str], *, in_domain: bool = True) -> Classifier:
+        """The inference rule for `classnames`, with the class side computed once (not once per image batch).
+
+        `in_domain` says the images come from the dataset the method was trained on (False for cross-dataset
+        targets and the ImageNet variants)."""
         embeddings = self.class_embeddings(classnames)
         return lambda image_embeddings: self.logits(image_embeddings, embeddings)
 

@@ -165,6 +165,7 @@ class SemPT(Method):
         dim: int | None = None,
     ) -> None:
         super().__init__(base.train_classnames)
+        self.image_side_needs_classes = base.image_side_needs_classes
         if dim is None:
             if attributes is None:
                 raise SemptError("SemPT needs the description embeddings (or their width) to build its fusion MLP.")
@@ -186,6 +187,9 @@ class SemPT(Method):
 
     def image_embeddings(self, images: Tensor) -> Tensor:
         return self.base.image_embeddings(images)
+
+    def image_embeddings_among(self, images: Tensor, classnames: Sequence[str]) -> Tensor:
+        return self.base.image_embeddings_among(images, classnames)
 
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
         """T_lbl: the wrapped method's own class embeddings."""
@@ -238,19 +242,26 @@ class SemPT(Method):
         return torch.tensor([rule == "enhanced" or (rule == "hybrid" and name not in self.seen)
                              for name in classnames], dtype=torch.bool)
 
-    def classifier(self, classnames: Sequence[str]) -> Classifier:
-        """Seen classes against T_lbl, unseen against T_enh, in one logit matrix (so they can compete)."""
-        labels = self.class_embeddings(classnames)
-        enhanced = self.uses_enhanced(classnames).nonzero().flatten().to(labels.device)
+    def matching_embeddings(self, image_embeddings: Tensor) -> Tensor:
+        return self.base.matching_embeddings(image_embeddings)
+
+    def classifier(self, classnames: Sequence[str], *, in_domain: bool = True) -> Classifier:
+        """Seen classes by the wrapped method's own rule (against T_lbl), unseen ones against T_enh, in one logit
+        matrix (so they can compete)."""
+        base = self.base.classifier(classnames, in_domain=in_domain)
+        enhanced = self.uses_enhanced(classnames).nonzero().flatten()
         if len(enhanced) == 0:
-            return lambda image: self.base.logits(image, labels)
+            return base
+        labels = self.class_embeddings(classnames)
+        enhanced = enhanced.to(labels.device)
         all_rows = self._attributes_for(classnames).to(labels.device)
         chosen_labels, chosen_attributes = labels[enhanced], all_rows[enhanced]
         projected = self.fusion.project(chosen_labels, chosen_attributes)
 
         def logits(image: Tensor) -> Tensor:
-            out = self.base.logits(image, labels)
-            out[:, enhanced] = self.enhanced_logits(image, chosen_labels, chosen_attributes, projected).to(out.dtype)
+            out = base(image)
+            matched = self.matching_embeddings(image)
+            out[:, enhanced] = self.enhanced_logits(matched, chosen_labels, chosen_attributes, projected).to(out.dtype)
             return out
 
         return logits
