@@ -15,6 +15,7 @@ from sempt_cli.cli.distill import distill
 from sempt_cli.cli.embed import embed
 from sempt_cli.cli.errors import report
 from sempt_cli.cli.eval import eval_command
+from sempt_cli.cli.few_shot import few_shot
 from sempt_cli.cli.gen_attributes import gen_attributes
 from sempt_cli.cli.train_teacher import train_teacher
 from sempt_cli.errors import SemptError
@@ -36,6 +37,7 @@ app.command("gen-attributes")(gen_attributes)
 app.command("distill")(distill)
 app.command("eval")(eval_command)
 app.command("ablate")(ablate)
+app.command("few-shot")(few_shot)
 app.command("demo")(demo)
 
 

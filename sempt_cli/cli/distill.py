@@ -1,4 +1,5 @@
-"""`sempt distill`: train a student from a teacher checkpoint (PromptKD stage II)."""
+"""`sempt distill`: train a baseline with SemPT on top (by default): PromptKD from a teacher checkpoint, or a
+supervised prompt learner (MMRL, DPT, RESTORE, PromptSRC, ...) from labels."""
 
 from __future__ import annotations
 
@@ -13,26 +14,47 @@ from sempt_cli.cli.render import print_run
 from sempt_cli.errors import SettingsError
 
 
-@settings_options("paths", "model", "data", "train", "prompts", "promptkd", "sempt")
+@settings_options("paths", "model", "data", "train", "prompts", "promptsrc", "promptkd", "mmrl", "dpt", "restore",
+                  "sempt")
 def distill(
     options: dict[str, Any],
-    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher checkpoint (model.safetensors of a run).")],
-    baseline: Annotated[str, typer.Option("--baseline", help="Distillation baseline: promptkd.")] = "promptkd",
+    teacher: Annotated[
+        Path | None,
+        typer.Option("--teacher", help="Teacher checkpoint (model.safetensors of a run); PromptKD only.",
+                     show_default=False),
+    ] = None,
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="promptkd (needs --teacher) or a supervised method: mmrl, dpt, ...")
+    ] = "promptkd",
 ) -> None:
-    """Distill a teacher into a student (PromptKD, with SemPT unless --no-sempt).
+    """Train a baseline with SemPT on top (unless --no-sempt): PromptKD from a teacher, or a supervised one.
 
-    Distill the teacher into a student on the dataset's unlabelled training images, with the official
-    hyper-parameters as defaults; student backbone, dataset and setting follow the teacher unless given.
-    SemPT reads <attributes-dir>/<dataset>.json (or --attributes); the teacher's seen classes come from its
-    checkpoint. Teacher class vectors, description vectors and image features are cached (see
-    --teacher-cache-gb, --recompute-teacher)."""
-    from sempt_cli.pipeline.distill import BASELINES, resolve_distill_settings
+    PromptKD distils the teacher into a student on the dataset's unlabelled training images; student backbone,
+    dataset and setting follow the teacher unless given, and the teacher's seen classes come from its checkpoint.
+    A supervised baseline (mmrl, dpt, restore, promptsrc, ...) trains from labels with its official
+    hyper-parameters; its own training classes are the seen ones and its frozen text encoder encodes the
+    descriptions. SemPT reads <attributes-dir>/<dataset>.json (or --attributes). Everything constant is cached
+    (see --teacher-cache-gb, --recompute-teacher)."""
+    from sempt_cli.methods import get_method
+    from sempt_cli.pipeline.distill import baselines, resolve_distill_settings
     from sempt_cli.pipeline.distill import distill as run
+    from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
 
-    if baseline not in BASELINES:
-        raise SettingsError(f"Unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}.")
-    resolved = resolve_distill_settings(baseline, teacher, overrides_from_options(options),
-                                        config_file=options.get("opt__config"))
-    result = run(baseline, teacher, resolved, console=Console(stderr=True))
-    title = f"{baseline}{' w/ SemPT' if resolved.settings.sempt.enabled else ''} student"
+    if baseline not in baselines():
+        raise SettingsError(f"Unknown baseline {baseline!r}; choose one of {', '.join(baselines())}.")
+    overrides, config = overrides_from_options(options), options.get("opt__config")
+    console = Console(stderr=True)
+    if get_method(baseline).supervised:
+        if teacher is not None:
+            raise SettingsError(f"{baseline} learns from labels and takes no --teacher; only promptkd distils.")
+        resolved = resolve_with_preset(baseline, overrides, config_file=config)
+        enabled = resolved.settings.sempt.enabled
+        result = train_teacher(baseline, resolved, sempt=enabled, console=console)
+    else:
+        if teacher is None:
+            raise SettingsError(f"{baseline} distils a teacher: pass --teacher RUN/model.safetensors.")
+        resolved = resolve_distill_settings(baseline, teacher, overrides, config_file=config)
+        enabled = resolved.settings.sempt.enabled
+        result = run(baseline, teacher, resolved, console=console)
+    title = f"{baseline}{' w/ SemPT' if enabled else ''}{'' if get_method(baseline).supervised else ' student'}"
     print_run(f"{title} on {resolved.settings.data.dataset}", result.metrics, result.checkpoint)

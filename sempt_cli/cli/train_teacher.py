@@ -1,4 +1,5 @@
-"""`sempt train-teacher`: supervised prompt learning (PromptSRC, IVLP, CoOp, VPT) on one engine."""
+"""`sempt train-teacher`: supervised prompt learning (PromptSRC, IVLP, CoOp, VPT, MMRL, DPT, RESTORE) on one
+engine, without SemPT (`sempt distill --baseline METHOD` adds it)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,19 @@ from sempt_cli.cli.options import overrides_from_options, settings_options
 from sempt_cli.cli.render import print_run
 from sempt_cli.errors import SettingsError
 
-TEACHER_METHODS = ("promptsrc", "ivlp", "coop", "vpt")
+
+def supervised_methods() -> list[str]:
+    from sempt_cli.methods import get_method, method_names
+
+    return [name for name in method_names() if get_method(name).supervised]
 
 
-@settings_options("paths", "model", "data", "train", "prompts", "promptsrc")
+@settings_options("paths", "model", "data", "train", "prompts", "promptsrc", "mmrl", "dpt", "restore")
 def train_teacher(
     options: dict[str, Any],
-    method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(TEACHER_METHODS)}.")] = "promptsrc",
+    method: Annotated[
+        str, typer.Option("--method", help="promptsrc, ivlp, coop, vpt, mmrl, dpt, restore (see `sempt config`).")
+    ] = "promptsrc",
     import_official: Annotated[
         Path | None,
         typer.Option("--import-official", metavar="PATH", show_default=False,
@@ -26,7 +33,7 @@ def train_teacher(
                           "model.pth.tar-20) into a run folder, as `sempt interop import-teacher` does."),
     ] = None,
 ) -> None:
-    """Train a prompt learner (PromptSRC, IVLP, CoOp, VPT) and evaluate it.
+    """Train a prompt learner (PromptSRC, IVLP, CoOp, VPT, MMRL, DPT, RESTORE) and evaluate it.
 
     Train a prompt learner (by default PromptSRC with the official hyper-parameters of the chosen setting),
     save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run.
@@ -34,8 +41,8 @@ def train_teacher(
     from sempt_cli.pipeline.teacher import resolve_with_preset
     from sempt_cli.pipeline.teacher import train_teacher as run
 
-    if method not in TEACHER_METHODS:
-        raise SettingsError(f"Unknown teacher method {method!r}; choose one of {', '.join(TEACHER_METHODS)}.")
+    if method not in supervised_methods():
+        raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(supervised_methods())}.")
     if import_official is not None:
         from sempt_cli.cli.interop import print_import
         from sempt_cli.interop.convert import import_teacher

@@ -103,6 +103,8 @@ class Method(nn.Module, ABC):
     image_side_needs_classes: ClassVar[bool] = False
     """True when image embeddings depend on the candidate classes (DPT's class-aware visual prompts): evaluation
     then encodes images once per class list with `image_embeddings_among`."""
+    settings_sections: ClassVar[tuple[str, ...]] = ()
+    """Settings sections, besides model, data and train, that shape what this method learns (its run key)."""
     supervised: ClassVar[bool] = True
     """Trained with labels (`train-teacher --method`, `distill --baseline` without a teacher); False for methods
     that learn from a teacher (PromptKD) or not at all (zero-shot)."""

@@ -74,6 +74,8 @@ class PromptKD(Method):
     """Student visual prompts + projector distilled from a prompted teacher's logits."""
 
     name = "promptkd"
+    settings_sections = ("prompts", "promptkd")
+    supervised = False
     description = "Unsupervised prompt distillation from a PromptSRC teacher (CVPR'24)."
 
     def __init__(

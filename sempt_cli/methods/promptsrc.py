@@ -65,6 +65,7 @@ class PromptSRC(Method):
     """Deep vision+text prompts with self-regulating constraints and Gaussian prompt aggregation."""
 
     name = "promptsrc"
+    settings_sections = ("prompts", "promptsrc")
     description = "IVLP prompts + self-regulating consistency losses + Gaussian prompt aggregation (ICCV'23)."
     use_consistency: ClassVar[bool] = True
     use_aggregation: ClassVar[bool] = True

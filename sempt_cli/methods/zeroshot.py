@@ -24,6 +24,7 @@ class ZeroShotCLIP(Method):
     """Frozen CLIP, class embeddings from `template.format(name)`."""
 
     name = "zeroshot"
+    supervised = False
     description = "Frozen CLIP with the dataset's hand-written prompt template (no training)."
 
     def __init__(

@@ -25,13 +25,15 @@ from rich.console import Console
 from torch import Tensor
 
 from sempt_cli.engine.cache import TensorCache
-from sempt_cli.engine.runtime import resolve_runtime
+from sempt_cli.engine.runtime import Runtime, resolve_runtime
 from sempt_cli.errors import SemptError
 from sempt_cli.io import sha256_file
 from sempt_cli.knowledge.budget import SPECIAL_TOKENS, description_body
 from sempt_cli.knowledge.generate import all_classnames
 from sempt_cli.knowledge.schema import AttributeFile, load_attribute_file
 from sempt_cli.models.checkpoint import load_learned
+from sempt_cli.models.factory import LoadedClip
+from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.prompted import PromptedTextTower, PromptSpec
 from sempt_cli.pipeline.teacher import load_teacher
 from sempt_cli.settings import Settings
@@ -86,20 +88,51 @@ def embed_attributes(
         runtime = resolve_runtime(settings.model)
         teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
         teacher.eval()
-        tower = _text_tower(teacher, encoder)
-        _check_lengths(tower, attributes)
-        texts = [description_body(text) for row in attributes.descriptions() for text in row]
-        console.print(f"Encoding {len(texts)} descriptions ({len(attributes.classnames)} classes × "
-                      f"{attributes.num_descriptions}) with the {encoder} text encoder ({meta['backbone']}) ...")
-        with torch.no_grad(), runtime.autocast():
-            features = torch.cat([tower(tower.build_prompts(texts[i : i + TEXT_CHUNK])).float()
-                                  for i in range(0, len(texts), TEXT_CHUNK)])
-        vectors = F.normalize(features, dim=-1)
-        return {"vectors": vectors.reshape(len(attributes.classnames), attributes.num_descriptions, -1)}
+        label = f"the {encoder} text encoder ({meta['backbone']})"
+        return {"vectors": _encode(_text_tower(teacher, encoder), attributes, runtime, console, label)}
 
     tensors, reused = cache.get_or_compute(KIND, inputs, compute)
     return AttributeEmbeddings(tensors["vectors"], list(attributes.classnames), attributes.descriptions(), encoder,
                                file_sha, cache.path_for(KIND, inputs), reused)
+
+
+def embed_attributes_frozen(
+    clip: LoadedClip, attribute_file: Path, settings: Settings, *, console: Console | None = None
+) -> AttributeEmbeddings:
+    """T_atr of `attribute_file` from the frozen text tower of `clip` (a supervised baseline's own backbone, no
+    prompts, no prefix): constant while the baseline trains, so cached like the teacher's (an unnamed, randomly
+    initialised backbone is encoded afresh)."""
+    console = console or Console(stderr=True)
+    attributes = load_attribute_file(attribute_file)
+    _check_classes(attributes, {}, attribute_file)
+    encoder = "backbone-frozen"
+    file_sha = sha256_file(attribute_file)
+    identity = backbone_identity(clip)
+    cache = TensorCache(settings.paths.cache_dir / "tensors")
+    inputs: dict[str, Any] = {"backbone": identity, "attributes": file_sha, "encoder": encoder, "body": BODY_FORMAT}
+
+    def compute() -> dict[str, Tensor]:
+        tower = PromptedTextTower(clip.model, PromptSpec(0), ctx_init=None, tokenizer=clip.tokenizer).eval()
+        runtime = resolve_runtime(settings.model)
+        return {"vectors": _encode(tower, attributes, runtime, console, f"the frozen text encoder ({clip.backbone})")}
+
+    tensors, reused = (compute(), False) if identity is None else cache.get_or_compute(KIND, inputs, compute)
+    return AttributeEmbeddings(tensors["vectors"], list(attributes.classnames), attributes.descriptions(), encoder,
+                               file_sha, cache.path_for(KIND, inputs), reused)
+
+
+def _encode(tower: PromptedTextTower, attributes: AttributeFile, runtime: Runtime, console: Console,
+            label: str) -> Tensor:
+    """L2-normalised features [N, S, D] of every description, "{prefix} {description}." by `tower`."""
+    _check_lengths(tower, attributes)
+    texts = [description_body(text) for row in attributes.descriptions() for text in row]
+    console.print(f"Encoding {len(texts)} descriptions ({len(attributes.classnames)} classes × "
+                  f"{attributes.num_descriptions}) with {label} ...")
+    with torch.no_grad(), runtime.autocast():
+        features = torch.cat([tower(tower.build_prompts(texts[i : i + TEXT_CHUNK])).float()
+                              for i in range(0, len(texts), TEXT_CHUNK)])
+    vectors = F.normalize(features, dim=-1)
+    return vectors.reshape(len(attributes.classnames), attributes.num_descriptions, -1)
 
 
 def _check_classes(attributes: AttributeFile, meta: dict[str, Any], path: Path) -> None:

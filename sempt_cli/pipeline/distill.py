@@ -28,7 +28,7 @@ from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.engine.trainer import Trainer
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
 from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
-from sempt_cli.methods import get_method
+from sempt_cli.methods import get_method, method_names
 from sempt_cli.methods.base import Batch, Method
 from sempt_cli.methods.promptkd import TeacherSignals
 from sempt_cli.models.checkpoint import load_learned, save_learned
@@ -37,7 +37,7 @@ from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.data import prepare_data
 from sempt_cli.pipeline.embed import embed_classes
-from sempt_cli.pipeline.sempt import VARIANT, apply_sempt, attribute_file
+from sempt_cli.pipeline.sempt import VARIANT, SemptSource, apply_sempt, attribute_file
 from sempt_cli.pipeline.teacher import (
     CHECKPOINT_NAME,
     METRICS_FILE,
@@ -45,21 +45,24 @@ from sempt_cli.pipeline.teacher import (
     image_size,
     load_teacher,
     run_key,
+    run_sections,
 )
 from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
-BASELINES = ("promptkd",)
-STUDENT_SECTIONS = ("model", "data", "train", "prompts", "promptkd", "sempt")
+
+def baselines() -> list[str]:
+    """What `distill --baseline` accepts: PromptKD (from a teacher) and every supervised prompt learner."""
+    return [name for name in method_names() if name == "promptkd" or get_method(name).supervised]
+
 
 def student_run_dir(baseline: str, settings: Settings, identity: str) -> Path:
     """runs/students/<dataset>/<baseline>[-sempt]-<setting>-seed<s>-<key>: the key hashes every setting that
     changes the student (SemPT's only when SemPT is on, so every baseline run is shared by the ablations)."""
     data, enabled = settings.data, settings.sempt.enabled
-    sections = STUDENT_SECTIONS if enabled else tuple(s for s in STUDENT_SECTIONS if s != "sempt")
     if enabled:  # the file's content, not its path
         identity += f"|attributes:{sha256_file(attribute_file(data.dataset, settings))}"
     name = f"{baseline}{'-sempt' if enabled else ''}-{data.setting}-seed{data.seed}"
-    key = run_key(baseline, settings, identity, sections)
+    key = run_key(baseline, settings, identity, run_sections(baseline, enabled))
     return settings.paths.output_dir / "students" / data.dataset / f"{name}-{key}"
 
 
@@ -132,7 +135,8 @@ def distill(
     method: Method = get_method(baseline)(clip, classnames, settings, None, teacher=signals).to(runtime.device)
     sempt: dict[str, Any] = {}
     if settings.sempt.enabled:
-        method, inputs = apply_sempt(method, teacher_checkpoint, data.dataset, classnames, settings, training=True,
+        source = SemptSource.from_teacher(teacher_checkpoint, settings)
+        method, inputs = apply_sempt(method, source, data.dataset, classnames, settings, training=True,
                                      console=console)
         sempt = {"variant": VARIANT, "sempt": inputs.to_json()}
     if dist.is_main:

@@ -44,7 +44,7 @@ from sempt_cli.models.checkpoint import LearnedCheckpoint, load_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
-from sempt_cli.pipeline.sempt import INFERENCE_TITLES, VARIANT, apply_sempt, attribute_file
+from sempt_cli.pipeline.sempt import INFERENCE_TITLES, VARIANT, SemptSource, apply_sempt, attribute_file
 from sempt_cli.pipeline.teacher import build_method, image_size, sidecar_settings
 from sempt_cli.report.paper import BASE2NOVEL_DATASETS, DOMAIN_SHIFT_DATASETS
 from sempt_cli.report.records import (
@@ -100,9 +100,46 @@ class _Model(ABC):
     info: ModelInfo
     settings: Settings
     key_parts: dict[str, Any]
+    sidecar: LearnedCheckpoint
+    sempt: dict[str, Any] | None = None  # what a SemPT model was built from (its sidecar's `sempt`)
 
     def __init__(self) -> None:
         self.clip: LoadedClip | None = None
+
+    def _adopt_sempt(self, meta: dict[str, Any], current: Settings) -> str:
+        """A SemPT model is scored with today's inference rule (Table 4a); returns the variant for its title."""
+        variant = str(meta.get("variant", ""))  # e.g. 'w/ SemPT', written by the pipeline that trained it
+        self.sempt = meta.get("sempt")
+        if self.sempt is None:
+            return variant
+        rule = current.sempt.inference
+        self.settings = self.settings.model_copy(
+            update={"sempt": self.settings.sempt.model_copy(update={"inference": rule})})
+        return VARIANT if rule == "hybrid" else f"{VARIANT} ({INFERENCE_TITLES[rule]})"
+
+    def _sempt_key(self, datasets: Sequence[str]) -> dict[str, Any]:
+        """SemPT scores transfer targets with their own attribute files: their contents are part of the key."""
+        if self.sempt is None:
+            return {}
+        files = {}
+        for dataset in datasets:
+            try:
+                files[dataset] = sha256_file(self._attribute_file(dataset))
+            except SemptError:
+                files[dataset] = None  # needed only if some class of it is unseen; scoring will say so
+        return {"inference": self.settings.sempt.inference, "attributes": files}
+
+    def _attribute_file(self, dataset: str) -> Path:
+        """The training dataset's own file as recorded (it must be unchanged); other datasets' files by name."""
+        assert self.sempt is not None
+        recorded = self.sempt.get("attributes_file")
+        if dataset == self.sidecar.metadata["dataset"] and recorded:
+            path = Path(recorded)
+            if not path.is_file() or sha256_file(path) != self.sempt["attributes_sha256"]:
+                raise SemptError(f"The attribute file this model was trained with ({path}) is missing or changed.",
+                                 "Restore it: its descriptions are part of the trained model.")
+            return path
+        return attribute_file(dataset, self.settings, explicit=False)
 
     def ensure_loaded(self, runtime: Runtime) -> LoadedClip:
         """Load the backbone the first time a dataset actually needs scoring (a reused record needs none)."""
@@ -117,7 +154,7 @@ class _Model(ABC):
 
     def key_for(self, datasets: Sequence[str]) -> dict[str, Any]:
         """What identifies this model's scores on `datasets` (part of the record key)."""
-        return self.key_parts
+        return self.key_parts | self._sempt_key(datasets)
 
     @abstractmethod
     def method_for(self, dataset: str, classnames: list[str], runtime: Runtime, console: Console) -> Method:
@@ -125,19 +162,21 @@ class _Model(ABC):
 
 
 class _Teacher(_Model):
-    """A supervised prompt learner (PromptSRC, IVLP, CoOp, VPT): its text side encodes any class list."""
+    """A supervised prompt learner (PromptSRC, IVLP, CoOp, VPT, MMRL, ...), with or without SemPT: its text side
+    encodes any class list."""
 
     def __init__(self, sidecar: LearnedCheckpoint, current: Settings) -> None:
         super().__init__()
         meta = sidecar.metadata
         self.sidecar = sidecar
         self.settings = sidecar_settings(meta, current.paths)
+        variant = self._adopt_sempt(meta, current)
         self.info = ModelInfo(
             kind="teacher", method=meta["method"], backbone=meta["backbone"],
             pretrained=meta.get("pretrained", self.settings.model.pretrained), shots=self.settings.data.shots,
             seed=self.settings.data.seed, config_hash=config_hash(self.settings), train_dataset=meta["dataset"],
             train_setting=meta["setting"], checkpoint=str(sidecar.path), checkpoint_sha256=sidecar.sha256,
-            backbone_identity=meta.get("backbone_identity"), variant=str(meta.get("variant", "")),
+            backbone_identity=meta.get("backbone_identity"), variant=variant,
         )
         self.key_parts = {"kind": "teacher", "checkpoint": sidecar.sha256}
         self.method: Method | None = None
@@ -145,13 +184,20 @@ class _Teacher(_Model):
     def loaded(self, runtime: Runtime) -> None:
         assert self.clip is not None
         meta = self.sidecar.metadata
-        method = build_method(meta["method"], self.clip, meta["train_classnames"], self.settings)
-        method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
-        self.method = method
+        self.method = build_method(meta["method"], self.clip, meta["train_classnames"], self.settings)
+        if self.sempt is None:
+            self.method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
 
     def method_for(self, dataset: str, classnames: list[str], runtime: Runtime, console: Console) -> Method:
-        assert self.method is not None
-        return self.method
+        assert self.method is not None and self.clip is not None
+        if self.sempt is None:
+            return self.method
+        meta = self.sidecar.metadata  # seen classes: its own training classes; descriptions where needed
+        source = SemptSource.frozen_backbone(self.clip, meta["dataset"], meta["seen_classnames"], self.settings)
+        method, _ = apply_sempt(self.method, source, dataset, classnames, self.settings, training=False,
+                                file_for=self._attribute_file, console=console)
+        method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
+        return method
 
 
 def _no_teacher_images(batch: Batch) -> Tensor:
@@ -168,13 +214,7 @@ class _Student(_Model):
         self.sidecar = sidecar
         self.current = current
         self.settings = sidecar_settings(meta, current.paths)
-        self.sempt = meta.get("sempt")
-        variant = str(meta.get("variant", ""))  # e.g. 'w/ SemPT', written by the pipeline that trained it
-        if self.sempt is not None:  # the inference rule is chosen at evaluation time (Table 4a)
-            rule = current.sempt.inference
-            self.settings = self.settings.model_copy(
-                update={"sempt": self.settings.sempt.model_copy(update={"inference": rule})})
-            variant = VARIANT if rule == "hybrid" else f"{VARIANT} ({INFERENCE_TITLES[rule]})"
+        variant = self._adopt_sempt(meta, current)
         self.teacher = Path(teacher or meta["teacher_checkpoint"])  # verified only if something needs scoring
         self.info = ModelInfo(
             kind="student", method=meta["method"], backbone=meta["backbone"],
@@ -185,32 +225,6 @@ class _Student(_Model):
             variant=variant,
         )
         self.key_parts = {"kind": "student", "checkpoint": sidecar.sha256, "teacher": meta["teacher_sha256"]}
-        if self.sempt is not None:
-            self.key_parts["inference"] = self.settings.sempt.inference
-
-    def key_for(self, datasets: Sequence[str]) -> dict[str, Any]:
-        """SemPT scores transfer targets with their own attribute files: their contents are part of the key."""
-        if self.sempt is None:
-            return self.key_parts
-        files = {}
-        for dataset in datasets:
-            try:
-                files[dataset] = sha256_file(self._attribute_file(dataset))
-            except SemptError:
-                files[dataset] = None  # needed only if some class of it is unseen; scoring will say so
-        return self.key_parts | {"attributes": files}
-
-    def _attribute_file(self, dataset: str) -> Path:
-        """The training dataset's own file as recorded (it must be unchanged); other datasets' files by name."""
-        assert self.sempt is not None
-        recorded = self.sempt.get("attributes_file")
-        if dataset == self.sidecar.metadata["dataset"] and recorded:
-            path = Path(recorded)
-            if not path.is_file() or sha256_file(path) != self.sempt["attributes_sha256"]:
-                raise SemptError(f"The attribute file this student was trained with ({path}) is missing or changed.",
-                                 "Restore it: its descriptions are part of the trained model.")
-            return path
-        return attribute_file(dataset, self.settings, explicit=False)
 
     def loaded(self, runtime: Runtime) -> None:
         _verify_teacher(self.teacher, self.sidecar.metadata["teacher_sha256"])
@@ -226,7 +240,8 @@ class _Student(_Model):
             self.clip, classnames, self.settings, None, teacher=signals, teacher_dim=int(vectors.shape[1])
         ).to(runtime.device)
         if self.sempt is not None:  # seen classes from the teacher, descriptions only where needed
-            method, _ = apply_sempt(method, self.teacher, dataset, classnames, self.settings, training=False,
+            source = SemptSource.from_teacher(self.teacher, self.settings)
+            method, _ = apply_sempt(method, source, dataset, classnames, self.settings, training=False,
                                     file_for=self._attribute_file, console=console)
         method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
         return method
@@ -336,7 +351,8 @@ def _score_dataset(model: _Model, dataset: str, setting: str, settings: Settings
     counts, unreadable = score_views(
         method, full.test, full.classnames, views_for(setting, full.num_classes),
         clip_test_transform(image_size(clip)), runtime, batch_size=settings.data.eval_batch_size,
-        workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, description=dataset, console=console,
+        workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, description=dataset,
+        in_domain=dataset == model.info.train_dataset, console=console,
     )
     if unreadable:
         console.print(f"[yellow]{dataset}: {unreadable} unreadable test image(s) left out[/]")

@@ -4,10 +4,11 @@
   `<paths.attributes_dir>/<dataset>.json`. The demo world needs no file in the working directory: its
   ground-truth file is derived into the cache when none is found. Datasets of the ImageNet family (-V2,
   -Sketch, -A, -R) use ImageNet's file, row by row through their ImageNet-1k labels.
-* **Seen classes** come from the teacher checkpoint's metadata (`seen_classnames`: the classes its labelled
-  training saw), never from a flag. They count as seen only on the teacher's own dataset or a dataset that
-  shares its label space (the ImageNet family, cross-domain); on any other dataset (cross-dataset targets)
-  every class is unseen and uses T_enh, even when a name happens to coincide.
+* **Seen classes** are the classes a labelled training saw, never a flag: for a distilled student the teacher's
+  (`seen_classnames` in its checkpoint), for a supervised baseline (MMRL, DPT, ...) its own training classes
+  (`SemptSource`). They count as seen only on the training dataset or a dataset that shares its label space
+  (the ImageNet family, cross-domain: ImageNet-V2/-Sketch/-A/-R); on any other dataset (cross-dataset
+  targets) every class is unseen and uses T_enh, even when a name happens to coincide.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -26,7 +27,11 @@ from sempt_cli.io import sha256_file
 from sempt_cli.methods.base import Method
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models.checkpoint import load_learned
+from sempt_cli.models.factory import LoadedClip
 from sempt_cli.settings import Settings
+
+if TYPE_CHECKING:
+    from sempt_cli.pipeline.attributes import AttributeEmbeddings
 
 VARIANT = "w/ SemPT"
 """The sidecar `variant` of a SemPT model; tables title it '<method> w/ SemPT', as the papers do."""
@@ -67,14 +72,11 @@ def _demo_attribute_file(settings: Settings) -> Path:
 
 
 def attribute_bank(
-    teacher_checkpoint: Path, dataset: str, classnames: Sequence[str], settings: Settings, path: Path,
-    console: Console | None = None,
+    source: SemptSource, dataset: str, classnames: Sequence[str], path: Path, console: Console | None = None,
 ) -> AttributeBank:
     """T_atr of `classnames` (all classes of `dataset`, label order) from the file at `path`, encoded by the
-    teacher's text tower (`embed_attributes`, cached)."""
-    from sempt_cli.pipeline.attributes import embed_attributes
-
-    described = embed_attributes(teacher_checkpoint, path, settings, console=console)
+    source's text encoder (cached)."""
+    described = source.describe(path, console)
     key = canonical_dataset_name(dataset) or dataset
     if described.classnames == list(classnames):
         return AttributeBank(list(classnames), described.vectors)
@@ -109,20 +111,57 @@ class SemptInputs:
                 "seen_dataset": self.seen_dataset, "seen_classnames": self.seen_classnames}
 
 
+@dataclass(frozen=True)
+class SemptSource:
+    """Where SemPT's knowledge of a model comes from: the classes its labelled training saw (on which dataset),
+    and the text encoder that turns an attribute file into T_atr.
+
+    * distillation (`from_teacher`): the teacher's seen classes and text encoder (`sempt.attr_encoder`);
+    * supervised baselines (`frozen_backbone`): the model's own training classes, and the frozen text tower of
+      its own backbone (spec/mmrl.md §7 option (a): constant during training, so encoded once and cached; a
+      prompted encoder would change every step)."""
+
+    seen_dataset: str
+    seen_classnames: list[str]
+    describe: Callable[[Path, Console | None], AttributeEmbeddings]
+
+    @classmethod
+    def from_teacher(cls, teacher_checkpoint: Path, settings: Settings) -> SemptSource:
+        from sempt_cli.pipeline.attributes import embed_attributes
+
+        meta = load_learned(teacher_checkpoint).metadata
+        if "seen_classnames" not in meta:
+            raise SemptError("The teacher checkpoint does not say which classes it was trained on "
+                             "(no seen_classnames).", "Re-create it with this version of `sempt train-teacher`.")
+        return cls(str(meta.get("dataset")), list(meta["seen_classnames"]),
+                   lambda path, console: embed_attributes(teacher_checkpoint, path, settings, console=console))
+
+    @classmethod
+    def frozen_backbone(cls, clip: LoadedClip, dataset: str, seen_classnames: Sequence[str],
+                        settings: Settings) -> SemptSource:
+        from sempt_cli.pipeline.attributes import embed_attributes_frozen
+
+        return cls(dataset, list(seen_classnames),
+                   lambda path, console: embed_attributes_frozen(clip, path, settings, console=console))
+
+    def seen_in(self, dataset: str) -> list[str]:
+        """The seen classes if `dataset` shares the seen dataset's label space, else none (`seen_classes`)."""
+        return seen_classes({"dataset": self.seen_dataset, "seen_classnames": self.seen_classnames}, dataset)
+
+
 def apply_sempt(
-    method: Method, teacher_checkpoint: Path, dataset: str, classnames: Sequence[str], settings: Settings, *,
+    method: Method, source: SemptSource, dataset: str, classnames: Sequence[str], settings: Settings, *,
     training: bool, file_for: Callable[[str], Path] | None = None, console: Console | None = None,
 ) -> tuple[SemPT, SemptInputs]:
     """Wrap `method` with SemPT for `dataset` (`settings`: the model's own, with today's paths). Descriptions
     are loaded only if some class needs T_enh (training always does; hybrid evaluation only for unseen
     classes), from `file_for(dataset)` or else `attribute_file`."""
-    meta = load_learned(teacher_checkpoint).metadata
-    seen = seen_classes(meta, dataset)
+    seen = source.seen_in(dataset)
     dim = int(method.class_embeddings(list(classnames)[:1]).shape[-1])
     needs_descriptions = training or settings.sempt.inference != "hybrid" or not set(classnames) <= set(seen)
     locate = file_for or (lambda name: attribute_file(name, settings, explicit=training))
     path = locate(dataset) if needs_descriptions else None
-    bank = None if path is None else attribute_bank(teacher_checkpoint, dataset, classnames, settings, path, console)
+    bank = None if path is None else attribute_bank(source, dataset, classnames, path, console)
     inputs = SemptInputs(None if path is None else str(path), None if path is None else sha256_file(path),
-                         str(meta.get("dataset")), seen)
+                         source.seen_dataset, seen)
     return SemPT(method, settings.sempt, bank, seen, dim=dim), inputs

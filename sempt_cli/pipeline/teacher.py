@@ -1,7 +1,9 @@
-"""`train_teacher`: supervised prompt learning (PromptSRC and its presets) end to end.
+"""`train_teacher`: supervised prompt learning (PromptSRC and its presets, MMRL, ...) end to end, with SemPT on top
+when asked (`distill --baseline mmrl` and the other supervised baselines).
 
 resolve settings (method preset under the user's values) → data (few-shot, base classes) → frozen backbone
-→ method → shared trainer (resumable) → learned checkpoint (safetensors + sidecar) → evaluation.
+→ method [→ SemPT wrapper: the method's own training classes are the seen ones, descriptions encoded by the
+frozen backbone] → shared trainer (resumable) → learned checkpoint (safetensors + sidecar) → evaluation.
 
 The run folder is named by a hash of every setting that changes the result, so re-running the same
 command resumes an interrupted run or reports the finished one, and a changed setting starts a new run.
@@ -24,18 +26,19 @@ from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_fo
 from sempt_cli.engine.loader import SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.engine.trainer import Trainer
-from sempt_cli.io import atomic_write_json, stable_hash
+from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
 from sempt_cli.methods import Method, get_method
 from sempt_cli.models.checkpoint import load_learned, save_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.data import PreparedData, prepare_data
+from sempt_cli.pipeline.sempt import VARIANT, SemptSource, apply_sempt, attribute_file
 from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_settings
 
 CHECKPOINT_NAME = "model"
 METRICS_FILE = "metrics.json"
-TEACHER_SECTIONS = ("model", "data", "train", "prompts", "promptsrc")
+COMMON_SECTIONS = ("model", "data", "train")
 NOT_RESULT_AFFECTING = {
     ("model", "device"), ("data", "workers"), ("data", "eval_batch_size"), ("sempt", "inference"),
     ("sempt", "attributes"),
@@ -68,10 +71,20 @@ def run_key(method_name: str, settings: Settings, identity: str | None, sections
     return stable_hash(method_name, relevant, identity, length=12)
 
 
-def teacher_run_dir(method_name: str, settings: Settings, identity: str | None) -> Path:
+def run_sections(method_name: str, sempt: bool) -> tuple[str, ...]:
+    """The settings sections a run of `method_name` is keyed by (SemPT's only when SemPT is on, so a baseline
+    run is shared by every SemPT variant and ablation built on it)."""
+    return COMMON_SECTIONS + get_method(method_name).settings_sections + (("sempt",) if sempt else ())
+
+
+def teacher_run_dir(method_name: str, settings: Settings, identity: str | None, *, sempt: bool = False) -> Path:
+    """runs/teachers/<dataset>/<method>[-sempt]-<setting>-<shots>shot-seed<s>-<key> (with SemPT the attribute
+    file's content, not its path, is part of the key)."""
     data = settings.data
-    key = run_key(method_name, settings, identity, TEACHER_SECTIONS)
-    name = f"{method_name}-{data.setting}-{data.shots}shot-seed{data.seed}-{key}"
+    if sempt:
+        identity = f"{identity}|attributes:{sha256_file(attribute_file(data.dataset, settings))}"
+    key = run_key(method_name, settings, identity, run_sections(method_name, sempt))
+    name = f"{method_name}{'-sempt' if sempt else ''}-{data.setting}-{data.shots}shot-seed{data.seed}-{key}"
     return settings.paths.output_dir / "teachers" / data.dataset / name
 
 
@@ -115,11 +128,13 @@ def train_teacher(
     method_name: str,
     resolved: ResolvedSettings,
     *,
+    sempt: bool = False,
     console: Console | None = None,
     dist: DistContext | None = None,
     stop_after_steps: int | None = None,
 ) -> TeacherRun:
-    """Train (or resume, or reuse) a teacher and evaluate it; see the module docstring."""
+    """Train (or resume, or reuse) a supervised prompt learner, with SemPT on top if `sempt`, and evaluate it;
+    see the module docstring."""
     from sempt_cli.data.transforms import clip_train_transform
 
     console = console or Console(stderr=True)
@@ -128,7 +143,7 @@ def train_teacher(
     runtime = resolve_runtime(settings.model, dist.local_rank)
     seed_everything(settings.data.seed)
     clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir)
-    run_dir = teacher_run_dir(method_name, settings, backbone_identity(clip))
+    run_dir = teacher_run_dir(method_name, settings, backbone_identity(clip), sempt=sempt)
     checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
     metrics_path = run_dir / METRICS_FILE
     if metrics_path.is_file() and checkpoint.is_file():
@@ -137,9 +152,16 @@ def train_teacher(
 
     prepared = prepare_data(settings, console)
     method = build_method(method_name, clip, prepared.train.classnames, settings)
+    variant: dict[str, Any] = {}
+    if sempt:
+        source = SemptSource.frozen_backbone(clip, settings.data.dataset, prepared.train.classnames, settings)
+        method, inputs = apply_sempt(method, source, settings.data.dataset, prepared.full.classnames, settings,
+                                     training=True, console=console)
+        variant = {"variant": VARIANT, "sempt": inputs.to_json()}
     if dist.is_main:
         console.print(
-            f"[bold]train-teacher[/] {method_name} on {settings.data.dataset} ({settings.data.setting}, "
+            f"[bold]train[/] {method_name}{' w/ SemPT' if sempt else ''} on {settings.data.dataset} "
+            f"({settings.data.setting}, "
             f"{len(prepared.train.train)} images, {prepared.train.num_classes} classes) · {clip.backbone} · "
             f"{runtime.describe()} · run {run_dir}"
         )
@@ -155,7 +177,7 @@ def train_teacher(
         "setting": settings.data.setting, "train_classnames": prepared.train.classnames,
         "classnames": prepared.full.classnames, "num_base": prepared.num_base,
         "seen_classnames": prepared.train.classnames, "settings": settings.model_dump(mode="json"),
-        "sempt_version": __version__,
+        "sempt_version": __version__, **variant,
     }
     if dist.is_main:
         save_learned(checkpoint, method.trainable_state(), metadata)

@@ -1,0 +1,250 @@
+"""MMRL (CVPR 2025): multi-modal representation learning, as specified in spec/mmrl.md.
+
+One learnable representation space R [K, d_r] shared by both modalities, projected by per-layer linear aligners
+into each encoder from block J (`mmrl.start_layer`, official 6) to the last:
+
+* vision: block J receives [CLS, R_v^(J), patches] (the tokens *inserted* right after CLS, no positional
+  embedding); blocks after J *replace* positions 1..K with their own R_v. Class feature f_c = CLS → ln_post →
+  frozen proj; representation feature f_r = mean_k ln_post(R_k) → trainable proj_rep (random init, §1.3).
+* text: the frozen dataset template "a photo of a {c}." (no learnable context words) gets R_t inserted after
+  SOT at block J and replaced after it; the causal mask grows by K and the EOT index shifts by K (§1.4).
+* heads: ℓ_c = 100·f̂_c·t̂ᵀ and ℓ_r = 100·f̂_r·t̂ᵀ share the same text features (fixed logit scale 100).
+* loss: α·CE(ℓ_c) + (1−α)·CE(ℓ_r) + λ·(1 − cos(f̂_c, f̂⁰)) + λ·(1 − cos(t̂, t̂⁰)), f̂⁰/t̂⁰ from frozen CLIP on
+  the same augmented batch / the same template (§3.1).
+* decoupled inference (§2): the fused ℓ_fuse = α·ℓ_c + (1−α)·ℓ_r only for the training classes on the
+  training dataset (B2N base, few-shot, the cross-dataset source); ℓ_c everywhere else (novel classes, all
+  classes competing, transfer targets and the ImageNet variants, whose names coincide but whose images differ).
+
+The image embedding is [f̂_c ; f̂_r] so that one encoding serves both rules; `matching_embeddings` is f̂_c, the
+feature scored against class embeddings by every other rule (SemPT's unseen classes, spec §7).
+
+Deliberate differences from the official code, documented in docs: the inference text features are computed
+per class list and never cached across weight changes (the official cache is never invalidated, §6.9); the
+causal mask is built once per length instead of on the CPU in every block (§1.4); training keeps fp32 master
+weights with the engine's autocast (§3.2); the frozen reference CLIP is the same frozen backbone run without
+representation tokens instead of a second copy (identical features).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sempt_cli.data.records import prompt_name
+from sempt_cli.data.registry import get_dataset_info, label_space
+from sempt_cli.engine.cache import TensorCache
+from sempt_cli.errors import SemptError
+from sempt_cli.methods.base import Batch, Classifier, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
+from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
+from sempt_cli.settings import MMRLSettings, Settings
+
+REG_WEIGHTS: dict[str, float] = {
+    "stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0, "oxford_flowers": 4.0,
+    "ucf101": 3.0, "imagenet": 0.5, "caltech101": 0.5, "oxford_pets": 0.2, "eurosat": 0.01,
+}
+"""λ per dataset: the official `trainers/config.py` table, applied to every task (spec §4.4)."""
+
+WIDE_SPACE = {"eurosat": 2048}
+"""d_r per dataset where it is not 512 (base-to-novel and few-shot only; spec §4.4)."""
+
+CLASS_CHUNK = 256
+"""Classes encoded per text forward; bounds memory for ImageNet-size class lists."""
+
+TOKEN_STD = 0.02
+
+
+class RepresentationSpace(nn.Module):
+    """R [K, d_r] ~ N(0, 0.02²) and one Linear aligner per layer and modality.
+
+    The aligners of a modality are deep copies of one freshly initialised Linear (PyTorch default init), as the
+    official `_get_clones` makes them: every layer starts with the same projection (spec §6.3)."""
+
+    def __init__(self, settings: MMRLSettings, vision_width: int, text_width: int, vision_layers: int,
+                 text_layers: int) -> None:
+        super().__init__()
+        self.tokens = nn.Parameter(torch.randn(settings.num_tokens, settings.rep_dim) * TOKEN_STD)
+        vision, text = nn.Linear(settings.rep_dim, vision_width), nn.Linear(settings.rep_dim, text_width)
+        self.vision = nn.ModuleList(copy.deepcopy(vision) for _ in range(vision_layers))
+        self.text = nn.ModuleList(copy.deepcopy(text) for _ in range(text_layers))
+
+    def forward(self) -> tuple[list[Tensor], list[Tensor]]:
+        """R_v^(ℓ) [K, W_v] and R_t^(ℓ) [K, W_t] for every layer from the start layer on."""
+        return [align(self.tokens) for align in self.vision], [align(self.tokens) for align in self.text]
+
+
+def _representation_hook(tokens: Sequence[Tensor], first_block: int) -> Any:
+    """A `before_block` hook: insert the K tokens after position 0 at `first_block`, replace them after it."""
+
+    def hook(index: int, x: Tensor) -> Tensor | None:
+        if index < first_block:
+            return None
+        layer = tokens[index - first_block]
+        rest = x[:, 1:] if index == first_block else x[:, 1 + layer.shape[0] :]
+        return torch.cat([x[:, :1], layer.to(x.dtype).expand(x.shape[0], -1, -1), rest], dim=1)
+
+    return hook
+
+
+@register_method
+class MMRL(Method):
+    """Shared representation tokens in both encoders, class and representation heads, decoupled inference."""
+
+    name = "mmrl"
+    settings_sections = ("mmrl",)
+    description = "Multi-modal representation learning: shared space projected into upper blocks (CVPR'25)."
+
+    def __init__(
+        self, clip: LoadedClip, train_classnames: Sequence[str], settings: Settings, cache: TensorCache | None = None
+    ) -> None:
+        super().__init__(train_classnames)
+        config = settings.mmrl
+        self.backbone = clip.model
+        self.backbone.requires_grad_(False)
+        self.vision = PromptedVisionTower(self.backbone.visual)
+        self.text = PromptedTextTower(self.backbone, PromptSpec(0), ctx_init=None, tokenizer=clip.tokenizer)
+        if getattr(self.backbone.visual, "pool_type", "tok") != "tok":
+            raise SemptError("MMRL reads the class token; this image tower pools otherwise.")
+        deepest = min(self.vision.num_layers, self.text.num_layers)
+        if config.start_layer > deepest:
+            raise SemptError(f"MMRL's start layer {config.start_layer} is beyond this backbone's {deepest} blocks.",
+                             "Pass a smaller --rep-start-layer.")
+        self.first_block = config.start_layer - 1
+        self.num_tokens = config.num_tokens
+        self.alpha = config.alpha
+        self.reg_weight = config.reg_weight
+        self.scale = config.logit_scale
+        self.template = get_dataset_info(settings.data.dataset).template
+        self.dim = int(self.backbone.visual.output_dim)
+        device = next(self.backbone.parameters()).device
+        self.space = RepresentationSpace(
+            config, self.vision.width, self.text.width, self.vision.num_layers - self.first_block,
+            self.text.num_layers - self.first_block,
+        ).to(device)
+        self.proj_rep = nn.Parameter(torch.randn(self.vision.width, self.dim, device=device) * self.vision.width**-0.5)
+        self.train_prompts = self._prompts(self.train_classnames)
+        with torch.no_grad():
+            frozen = self._text_features(self.train_prompts, None)
+        self.register_buffer("frozen_text", F.normalize(frozen.float(), dim=-1), persistent=False)
+
+    # ------------------------------------------------------------------ encoders
+    def _prompts(self, classnames: Sequence[str]) -> ClassPrompts:
+        return self.text.build_prompts([self.template.format(prompt_name(name)) for name in classnames])
+
+    def _text_features(self, prompts: ClassPrompts, tokens: Sequence[Tensor] | None) -> Tensor:
+        """Text features of `prompts` with the representation tokens (None: frozen CLIP), in class chunks."""
+        hooks = () if tokens is None else (_representation_hook(tokens, self.first_block),)
+        shift = 0 if tokens is None else self.num_tokens
+        pieces = []
+        for start in range(0, len(prompts), CLASS_CHUNK):
+            chunk = prompts.select(slice(start, start + CLASS_CHUNK))
+            out = self.text.forward_features(chunk, before_block=hooks)
+            pieces.append(self.text.pool(out.tokens, chunk.eot_index + shift))
+        return torch.cat(pieces)
+
+    def _image_features(self, images: Tensor, tokens: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """(f_c, f_r), unnormalised: CLS through ln_post and the frozen proj; the mean of the layer-normalised
+        representation tokens through proj_rep."""
+        out = self.vision.forward_features(images, before_block=(_representation_hook(tokens, self.first_block),))
+        visual = self.backbone.visual
+        class_feature = self.vision.pool(out.tokens, 0)
+        representation = visual.ln_post(out.tokens[:, 1 : 1 + self.num_tokens]).mean(dim=1)
+        return class_feature, representation @ self.proj_rep.to(representation.dtype)
+
+    # ------------------------------------------------------------------ protocol
+    def logit_scale(self) -> Tensor:
+        return torch.tensor(self.scale)
+
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        """[f̂_c ; f̂_r] [B, 2D]: one encoding for both inference rules."""
+        vision_tokens, _ = self.space()
+        class_feature, representation = self._image_features(images, vision_tokens)
+        return torch.cat([F.normalize(class_feature, dim=-1), F.normalize(representation, dim=-1)], dim=-1)
+
+    def matching_embeddings(self, image_embeddings: Tensor) -> Tensor:
+        return image_embeddings[..., : self.dim]
+
+    def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
+        prompts = self.train_prompts if list(classnames) == self.train_classnames else self._prompts(classnames)
+        _, text_tokens = self.space()
+        return F.normalize(self._text_features(prompts, text_tokens), dim=-1)
+
+    def logits(self, image_embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
+        """ℓ_c: the class feature (f̂_c, or the first half of [f̂_c ; f̂_r]) against the class embeddings."""
+        image = self.matching_embeddings(image_embeddings)
+        return self.scale * image @ class_embeddings.t().to(image.dtype)
+
+    def fused_logits(self, image_embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
+        """ℓ_fuse = α·ℓ_c + (1−α)·ℓ_r, on logits before the softmax (spec §2)."""
+        representation = image_embeddings[..., self.dim :]
+        rep_logits = self.scale * representation @ class_embeddings.t().to(representation.dtype)
+        return self.alpha * self.logits(image_embeddings, class_embeddings) + (1 - self.alpha) * rep_logits
+
+    def uses_fusion(self, classnames: Sequence[str], in_domain: bool) -> bool:
+        """Decoupled inference: both heads only for the training classes on the training data."""
+        return in_domain and list(classnames) == self.train_classnames
+
+    def classifier(self, classnames: Sequence[str], *, in_domain: bool = True) -> Classifier:
+        text = self.class_embeddings(classnames)
+        if self.uses_fusion(classnames, in_domain):
+            return lambda image: self.fused_logits(image, text)
+        return lambda image: self.logits(image, text)
+
+    def training_forward(self, batch: Batch) -> TrainingForward:
+        vision_tokens, text_tokens = self.space()
+        text = F.normalize(self._text_features(self.train_prompts, text_tokens), dim=-1)
+        class_feature, representation = self._image_features(batch.images, vision_tokens)
+        image = F.normalize(class_feature, dim=-1)
+        representation = F.normalize(representation, dim=-1)
+        with torch.no_grad():
+            frozen_image = F.normalize(self.vision(batch.images).float(), dim=-1)
+
+        def class_head(logits: Tensor) -> LossOutput:
+            ce = F.cross_entropy(logits.float(), batch.labels)
+            return LossOutput(self.alpha * ce, {"ce_c": float(ce.detach())})
+
+        rep_ce = F.cross_entropy(self.scale * representation.float() @ text.float().t(), batch.labels)
+        image_reg = 1 - (image.float() * frozen_image).sum(-1).mean()
+        text_reg = 1 - (text.float() * self.frozen_text).sum(-1).mean()
+        extra = LossOutput(
+            (1 - self.alpha) * rep_ce + self.reg_weight * (image_reg + text_reg),
+            {"ce_r": float(rep_ce.detach()), "cos_i": float(image_reg.detach()), "cos_t": float(text_reg.detach())},
+        )
+        return TrainingForward(image, text, class_head, extra)
+
+    @classmethod
+    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
+        """The official configs (spec §4.3–4.4): AdamW 1e-3, wd 5e-4, one warm-up epoch at 1e-5, crops ≥ 50 %."""
+        setting, dataset = settings.data.setting, label_space(settings.data.dataset)
+        imagenet = dataset == "imagenet"
+        preset: dict[str, Any] = {
+            "train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 5e-4, "train.warmup_epochs": 1,
+            "train.warmup_lr": 1e-5, "data.crop_scale_min": 0.5, "data.shots": 16,
+            "mmrl.reg_weight": REG_WEIGHTS.get(dataset, 1.0), "mmrl.rep_dim": WIDE_SPACE.get(dataset, 512),
+        }
+        if setting in {"cross-dataset", "cross-domain"}:
+            preset |= {"data.batch_size": 32, "train.epochs": 1, "train.warmup_epochs": 0, "data.subsample": "all",
+                       "mmrl.reg_weight": 0.2, "mmrl.rep_dim": 512}
+        elif imagenet:
+            preset |= {"data.batch_size": 32, "train.epochs": 5,
+                       "data.subsample": "all" if setting == "few-shot" else "base"}
+        elif setting == "few-shot":
+            preset |= {"data.batch_size": 32, "train.epochs": 50, "data.subsample": "all"}
+        else:
+            preset |= {"data.batch_size": 4, "train.epochs": 10, "data.subsample": "base"}
+        return preset | mmrl_demo_overrides(backbone, preset)
+
+
+def mmrl_demo_overrides(backbone: str, preset: dict[str, Any]) -> dict[str, Any]:
+    """The demo world's stand-in for ViT-B/16 is the demo student (4 vision / 3 text blocks): the tokens enter
+    at block 2 (the official 6 of 12 leaves half the blocks untouched; 3 text blocks leave room for one), with
+    CPU-sized batches and crops that keep the pictures' size and position attributes (see `demo_overrides`)."""
+    if not backbone.startswith("sempt-demo"):
+        return {}
+    return {"model.backbone": DEMO_STUDENT, "mmrl.start_layer": 2, "data.batch_size": 16,
+            "data.crop_scale_min": 0.8, "train.epochs": min(10, int(preset["train.epochs"]))}
