@@ -35,9 +35,12 @@ ACCURACY_METRICS: tuple[str, ...] = ("accuracy",)
 
 METHOD_TITLES: dict[str, str] = {
     "promptsrc": "PromptSRC", "ivlp": "IVLP", "coop": "CoOp", "vpt": "VPT", "promptkd": "PromptKD",
-    "zeroshot": "CLIP",
+    "zeroshot": "CLIP", "mmrl": "MMRL", "dpt": "DPT", "restore": "RESTORE",
 }
 """How our method keys are printed: the papers' spelling, so 'ours: PromptKD' sits next to 'paper: PromptKD'."""
+TEACHER_METHODS = frozenset({"promptsrc", "ivlp", "coop", "vpt"})
+"""Supervised methods whose runs are PromptKD teachers; other supervised baselines (MMRL, ...) are not
+labelled 'teacher' in tables."""
 
 PAPER_BACKBONES: dict[str, str] = {
     "ViT-B-16": "ViT-B/16", "ViT-B-16-quickgelu": "ViT-B/16", "ViT-L-14": "ViT-L/14", "ViT-L-14-quickgelu": "ViT-L/14",
@@ -236,7 +239,8 @@ class Group:
         backbone = self.paper_backbone or self.backbone
         shown = self.kind != "zeroshot" and self.shots > 0 and (self.setting == "few-shot" or self.shots != 16)
         shots = f", {self.shots}-shot" if shown else ""
-        return f"ours: {self.title} ({backbone}, {self.kind}{shots})"
+        role = "" if self.kind == "teacher" and self.method not in TEACHER_METHODS else f", {self.kind}"
+        return f"ours: {self.title} ({backbone}{role}{shots})"
 
     @property
     def slug(self) -> str:
