@@ -1,4 +1,4 @@
-"""The numbers SemPT and PromptKD publish, as tidy rows with provenance, and the checks that keep them honest.
+"""The numbers SemPT, PromptKD and DPT publish, as tidy rows with provenance, and the checks that keep them honest.
 
 The CSVs under `results/paper/` were transcribed from PDF extractions whose tables are partly scrambled
 (wrong block captions, duplicated or shifted rows; see `results/paper/README.md`). A transcription slip is
@@ -19,10 +19,10 @@ from pathlib import Path
 from sempt_cli.errors import SemptError
 
 COLUMNS: tuple[str, ...] = ("paper", "table", "setting", "method", "backbone", "dataset", "metric", "value", "source")
-PAPERS: tuple[str, ...] = ("sempt", "promptkd")
+PAPERS: tuple[str, ...] = ("sempt", "promptkd", "dpt")
 SETTINGS: tuple[str, ...] = ("base2novel", "cross-dataset", "cross-domain", "few-shot", "ablation")
 METRICS: tuple[str, ...] = ("base", "novel", "hm", "accuracy")
-BACKBONES: tuple[str, ...] = ("ViT-B/16", "ViT-L/14")
+BACKBONES: tuple[str, ...] = ("ViT-B/16", "ViT-B/32", "ViT-L/14")
 AVERAGE = "average"
 
 BASE2NOVEL_DATASETS: tuple[str, ...] = (
@@ -36,6 +36,7 @@ AVERAGED_OVER: dict[str, tuple[str, ...]] = {
     "base2novel": BASE2NOVEL_DATASETS,
     "cross-dataset": tuple(d for d in BASE2NOVEL_DATASETS if d != "imagenet"),
     "cross-domain": DOMAIN_SHIFT_DATASETS,
+    "few-shot": BASE2NOVEL_DATASETS,
 }
 """What each setting's Average row is the arithmetic mean of (the source dataset is never in it). The
 base-to-novel Average HM is HM(mean base, mean novel), not a mean of HMs, so only base and novel are averaged."""

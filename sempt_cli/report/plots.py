@@ -19,7 +19,9 @@ from sempt_cli.report.records import Group, Stat
 from sempt_cli.report.tables import Comparison, PaperRow, dataset_title
 from sempt_cli.settings import STANDARD_SHOTS
 
-PLOT_METHODS: tuple[str, ...] = ("CLIP", "PromptSRC", "PromptKD", "PromptKD w/ SemPT", "PromptKD teacher")
+PLOT_METHODS: tuple[str, ...] = (
+    "CLIP", "PromptSRC", "PromptKD", "PromptKD w/ SemPT", "PromptKD teacher", "MMRL", "MMRL w/ SemPT", "DPT",
+)
 """Paper methods drawn next to ours by default (all of them would make the bars unreadable); `methods=`
 (the CLI's --compare) draws exactly the named ones instead."""
 
@@ -42,12 +44,15 @@ def save_png(figure: Any, path: Path) -> Path:
 
 def write_plots(comparisons: Sequence[Comparison], folder: Path, methods: Sequence[str] | None = None) -> list[Path]:
     """Every figure the comparisons support; returns the files written."""
-    return [*few_shot_curves([c.group for c in comparisons], folder), *hm_bars(comparisons, folder, methods)]
+    paper = {row.label: row for c in comparisons if c.group.setting == "few-shot" for row in _plotted_rows(c, methods)}
+    return [*few_shot_curves([c.group for c in comparisons], folder, list(paper.values())),
+            *hm_bars(comparisons, folder, methods)]
 
 
-def few_shot_curves(groups: Sequence[Group], folder: Path) -> list[Path]:
+def few_shot_curves(groups: Sequence[Group], folder: Path, paper: Sequence[PaperRow] = ()) -> list[Path]:
     """Accuracy vs shots (1/2/4/8/16, log scale) per dataset, one line per model with ± std error bars and
-    zero-shot CLIP as a dashed level; plus the average over the datasets every line covers, if there are two."""
+    zero-shot CLIP as a dashed level; plus the average over the datasets every line covers, if there are two.
+    The papers' 16-shot numbers (`paper`) are stars at 16 shots."""
     few = [g for g in groups if g.setting == "few-shot"]
     lines: dict[str, dict[int, Group]] = {}
     levels: dict[str, Group] = {}
@@ -82,6 +87,10 @@ def few_shot_curves(groups: Sequence[Group], folder: Path) -> list[Path]:
             if points:
                 axes.errorbar([s for s, _ in points], [v[0] for _, v in points], yerr=[v[1] for _, v in points],
                               marker="o", capsize=3, label=name)
+        for row in paper:
+            published = row.value(dataset, "accuracy")
+            if published is not None:
+                axes.plot([16], [published.value], marker="*", markersize=11, linestyle="none", label=row.label)
         for name, group in levels.items():
             level = value(group, dataset)
             if level is not None:

@@ -44,6 +44,7 @@ labelled 'teacher' in tables."""
 
 PAPER_BACKBONES: dict[str, str] = {
     "ViT-B-16": "ViT-B/16", "ViT-B-16-quickgelu": "ViT-B/16", "ViT-L-14": "ViT-L/14", "ViT-L-14-quickgelu": "ViT-L/14",
+    "ViT-B-32": "ViT-B/32", "ViT-B-32-quickgelu": "ViT-B/32",
 }
 """open_clip names of the architectures the papers report, and how the papers' tables spell them."""
 

@@ -24,8 +24,10 @@ from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.report.paper import AVERAGE, AVERAGED_OVER, PaperNumber, load_paper_numbers
 from sempt_cli.report.records import Group, Stat, metrics_for
 
-PAPER_TITLES: dict[str, str] = {"sempt": "SemPT", "promptkd": "PromptKD"}
-PAPER_PRIORITY: tuple[str, ...] = ("sempt", "promptkd")
+PAPER_TITLES: dict[str, str] = {"sempt": "SemPT", "promptkd": "PromptKD", "dpt": "DPT"}
+PAPER_PRIORITY: tuple[str, ...] = ("sempt", "promptkd", "dpt")
+PAPER_FEW_SHOTS = 16
+"""The papers' few-shot tables (DPT Tables 1–2) and SemPT's quoted Fig. 4 average are 16-shot numbers."""
 SETTING_TITLES: dict[str, str] = {
     "base2novel": "Base-to-novel", "cross-dataset": "Cross-dataset", "cross-domain": "Cross-domain",
     "few-shot": "Few-shot",
@@ -58,7 +60,8 @@ class PaperRow:
 
     @property
     def label(self) -> str:
-        return f"paper: {self.method} ({PAPER_TITLES.get(self.paper, self.paper)} Table {self.table})"
+        where = f"Fig. {self.table[3:]}" if self.table.startswith("fig") else f"Table {self.table}"
+        return f"paper: {self.method} ({PAPER_TITLES.get(self.paper, self.paper)} {where})"
 
     def value(self, dataset: str, metric: str) -> PaperNumber | None:
         return self.cells.get(dataset, {}).get(metric)
@@ -159,8 +162,8 @@ def build_comparisons(
         rows: list[PaperRow] = []
         if not group.comparable:
             notes.append(group.comparability_note)
-        elif group.setting == "few-shot":
-            notes.append("SemPT reports few-shot results only as a figure (Fig. 4): no paper numbers to compare.")
+        elif group.setting == "few-shot" and group.shots != PAPER_FEW_SHOTS:
+            notes.append(f"The papers tabulate few-shot results at {PAPER_FEW_SHOTS} shots only (SemPT: Fig. 4).")
         elif compare is None or compare:
             if loaded is None and not unavailable:
                 try:

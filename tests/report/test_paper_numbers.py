@@ -37,8 +37,10 @@ from sempt_cli.report.paper import (
 EXPECTED_ROWS = {  # (paper, table) -> rows; a lost or added row must be a deliberate change
     ("sempt", "1"): 565, ("sempt", "2"): 166, ("sempt", "3"): 90,
     ("sempt", "4a"): 9, ("sempt", "4b"): 9, ("sempt", "4c"): 12, ("sempt", "4d"): 12, ("sempt", "4e"): 9,
+    ("sempt", "fig4"): 1,
     ("promptkd", "1"): 196, ("promptkd", "2"): 55, ("promptkd", "3"): 27, ("promptkd", "9"): 50,
     ("promptkd", "10"): 33, ("promptkd", "11"): 12,
+    ("dpt", "1"): 96, ("dpt", "2"): 60, ("dpt", "3"): 18,
 }
 SHARED = ("CoOp", "CoCoOp", "MaPLe", "PromptSRC", "PromptKD")
 """Methods both papers report; SemPT copies PromptKD's numbers for them."""
@@ -60,7 +62,7 @@ def _get(numbers: list[PaperNumber], paper: str, table: str, method: str, datase
 
 def test_every_csv_has_exactly_the_long_format_columns_and_no_empty_field() -> None:
     files = sorted(PAPER_DIR.glob("*.csv"))
-    assert len(files) == 10
+    assert len(files) == 14
     for path in files:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
@@ -76,8 +78,12 @@ def test_vocabulary_types_and_sources(numbers: list[PaperNumber]) -> None:
         assert isinstance(n.value, float) and n.decimals in (1, 2)
         assert n.paper in PAPERS and n.setting in SETTINGS and n.metric in METRICS and n.backbone in BACKBONES
         assert n.dataset in DATASETS
-        prefix = {"sempt": "SemPT Table ", "promptkd": "PromptKD Table "}[n.paper]
-        assert re.match(rf"{prefix}{n.table.rstrip('abcde')}[(, ]", n.source), n.source
+        prefix = {"sempt": "SemPT Table ", "promptkd": "PromptKD Table ", "dpt": "DPT Table "}[n.paper]
+        if n.table == "fig4":
+            prefix, number = "SemPT Fig. ", "4"
+        else:
+            number = n.table.rstrip("abcde")
+        assert re.match(rf"{prefix}{number}[(, ]", n.source), n.source
         assert re.search(r"\[L\d+", n.source), n.source
     assert {d for d in DATASETS if d != AVERAGE} <= REGISTRY.keys()
 
@@ -90,8 +96,13 @@ def test_settings_and_backbones_per_table(numbers: list[PaperNumber]) -> None:
     expected = {"1": "base2novel", "2": "cross-dataset", "3": "cross-domain", "9": "cross-domain",
                 "10": "base2novel", "11": "cross-dataset"}
     for n in numbers:
-        if n.paper == "promptkd" and n.table == "3":
+        if n.paper == "dpt":  # §IV-A: ViT-B/32 throughout, except Table 2
+            assert n.setting == {"1": "few-shot", "2": "few-shot", "3": "cross-domain"}[n.table], n.label()
+            assert n.backbone == ("ViT-B/16" if n.table == "2" else "ViT-B/32"), n.label()
+        elif n.paper == "promptkd" and n.table == "3":
             assert n.setting == "base2novel" and n.dataset == "oxford_flowers"
+        elif n.table == "fig4":  # the one Fig. 4 value the text quotes
+            assert (n.setting, n.dataset, n.method) == ("few-shot", AVERAGE, "MMRL w/ SemPT")
         elif n.table.startswith("4"):
             assert n.setting == "ablation" and n.dataset == AVERAGE and n.method.startswith("PromptKD w/ SemPT (")
         else:
@@ -112,8 +123,9 @@ def test_hm_equals_two_b_n_over_b_plus_n(numbers: list[PaperNumber]) -> None:
 def test_per_dataset_values_average_to_the_average_row(numbers: list[PaperNumber]) -> None:
     summary = run_checks(numbers)
     assert summary.averages == []
-    # SemPT T1 16×2 − O3 − O5, T2 14 − O6, T3 15; PromptKD T2 5, T9 10, T11 1 (T1 lacks Caltech101, O2).
-    assert summary.averages_checked == 30 + 12 + 15 + 5 + 10 + 1
+    # SemPT T1 16×2 − O3 − O5, T2 14 − O6, T3 15; PromptKD T2 5, T9 10, T11 1 (T1 lacks Caltech101, O2);
+    # DPT T1 8, T2 5, T3 3.
+    assert summary.averages_checked == 30 + 12 + 15 + 5 + 10 + 1 + 8 + 5 + 3
 
 
 def test_whole_collection_passes_every_cross_check(numbers: list[PaperNumber]) -> None:
@@ -209,6 +221,20 @@ def test_numbers_quoted_in_the_papers_text(numbers: list[PaperNumber]) -> None:
     assert round(pk - _get(numbers, "promptkd", "2", "PromptSRC", AVERAGE, "accuracy"), 2) == 5.52
 
 
+def test_dpt_numbers_quoted_in_its_text_and_ablation_tables(numbers: list[PaperNumber]) -> None:
+    """DPT §IV-B/§IV-D quote differences of Table 1-2 cells, and Tables IV-VI repeat Table 1's averages
+    (α = 0.3, length 10, VCTX = 10 are the defaults): an independent second reading."""
+    def dpt(table: str, method: str, dataset: str = AVERAGE) -> float:
+        return _get(numbers, "dpt", table, method, dataset, "accuracy")
+
+    # §IV-D (ViT-B/16): "outperforms Zero-shot CLIP and CoOp by 18.15% and 3.45%"
+    assert (round(dpt("2", "DPT") - dpt("2", "CLIP"), 2), round(dpt("2", "DPT") - dpt("2", "CoOp"), 2)) == (18.15, 3.45)
+    assert round(dpt("1", "VPT") - dpt("1", "CoOp"), 2) == 1.02  # "VPT can get 1% performance gains"
+    assert round(dpt("1", "DPT") - dpt("1", "VLP"), 2) == 1.05  # "DPT gets 1% performance gains than VLP"
+    assert (dpt("1", "DPT"), dpt("1", "VLP"), dpt("1", "VPT")) == (79.47, 78.42, 76.89)  # Tables IV, V, VI
+    assert (dpt("3", "DPT"), dpt("3", "CoOp"), dpt("3", "VPT")) == (46.85, 45.21, 42.29)  # OOD Average
+
+
 def test_omitted_numbers_stay_out(numbers: list[PaperNumber]) -> None:
     """README O3–O6: printed values that fail a check are left out, not repaired."""
     omitted = [
@@ -237,7 +263,7 @@ def test_lookup_harmonic_mean_and_loader(numbers: list[PaperNumber], tmp_path: P
     assert lookup("promptkd", "10", "PromptKD teacher", "imagenet", "hm", numbers=numbers) == 79.91
     assert harmonic_mean(0.0, 0.0) == 0.0 and harmonic_mean(50.0, 50.0) == 50.0
     assert {n.paper for n in load_paper_numbers("promptkd")} == {"promptkd"}
-    assert len(load_paper_numbers("sempt")) + len(load_paper_numbers("promptkd")) == len(numbers) == 1245
+    assert sum(len(load_paper_numbers(paper)) for paper in PAPERS) == len(numbers) == 1420
     with pytest.raises(SemptError, match="No paper-number CSVs"):
         load_paper_numbers(directory=tmp_path)
     (tmp_path / "bad.csv").write_text("paper,table,value\nsempt,1,3.0\n")
@@ -285,6 +311,9 @@ def _corrupt(tmp_path: Path, file: str, find: str, new: str) -> list[str]:
         # an ablation value
         ("sempt_table4.csv", "(K=3),ViT-B/16,average,novel,80.93,", "(K=3),ViT-B/16,average,novel,80.39,",
          "HM of base 86.59"),
+        # a few-shot value (DPT's own tables)
+        ("dpt_table1.csv", "DPT,ViT-B/32,fgvc_aircraft,accuracy,48.37,", "DPT,ViT-B/32,fgvc_aircraft,accuracy,48.73,",
+         "mean of the 11"),
         # vocabulary
         ("sempt_table2.csv", ",CoOp,ViT-B/16,eurosat,", ",CoOp,ViT-B/16,EuroSAT,", "dataset 'EuroSAT'"),
     ],
