@@ -1,4 +1,5 @@
-"""`sempt interop import-teacher|import-student|export`: official PromptSRC / PromptKD checkpoints in and out."""
+"""`sempt interop import-teacher|import-student|export`: official PromptSRC / PromptKD / MMRL checkpoints in and
+out."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     from sempt_cli.interop.convert import ImportResult
 
 app = typer.Typer(
-    help="Use official PromptSRC/PromptKD checkpoints, and write results back in their layout.",
+    help="Use official PromptSRC/PromptKD/MMRL checkpoints, and write results back in their layout.",
     no_args_is_help=True,
 )
 
@@ -34,14 +35,20 @@ _OUT = Annotated[
 def import_teacher(
     options: dict[str, Any],
     path: _OFFICIAL,
-    method: Annotated[str, typer.Option("--method", help="promptsrc or ivlp (same prompts).")] = "promptsrc",
+    method: Annotated[
+        str | None,
+        typer.Option("--method", show_default=False,
+                     help="promptsrc or ivlp (same prompts) for PromptSRC/IVLP files, mmrl for MMRL files "
+                          "(default: the file's family; promptsrc for PromptSRC/IVLP)."),
+    ] = None,
     out: _OUT = None,
 ) -> None:
-    """Import an official PromptSRC/IVLP checkpoint (PromptKD's teacher) as a sempt teacher.
+    """Import an official PromptSRC/IVLP checkpoint (PromptKD's teacher) or MMRL checkpoint as a sempt teacher.
 
-    Prompt depth and length come from the file; the backbone is guessed from the prompt widths (ViT-L-14-quickgelu
-    or ViT-B-16-quickgelu, OpenAI weights) and the dataset from the official folder names, unless given. The
-    result is scored by `sempt eval` and distilled from by `sempt distill` like a trained teacher."""
+    Prompt depth and length (MMRL: tokens, d_r, start layer) come from the file; the backbone is guessed from the
+    token widths (ViT-L-14-quickgelu or ViT-B-16-quickgelu, OpenAI weights), and the dataset, setting, shots and
+    seed from the official folder names, unless given. The result is scored by `sempt eval` (and distilled from
+    by `sempt distill`) like a trained teacher."""
     from sempt_cli.interop.convert import import_teacher as run
 
     result = run(path, method=method, overrides=overrides_from_options(options), config_file=options.get("opt__config"),
@@ -81,11 +88,12 @@ def export(
                           "path into (default: RUN/official/...)."),
     ] = None,
 ) -> None:
-    """Write a sempt PromptSRC/IVLP teacher or PromptKD student as an official Dassl checkpoint.
+    """Write a sempt PromptSRC/IVLP or MMRL teacher or PromptKD student as an official Dassl checkpoint.
 
     The file holds the learned tensors under their official names (no optimizer, no pickled objects), at the
     path the official code reads: teacher_model/<Dataset>/VLPromptLearner/model-best.pth.tar for teachers,
-    VLPromptLearner/model-best.pth.tar for students."""
+    VLPromptLearner/model-best.pth.tar for students, and for MMRL the --model-dir of its scripts,
+    output/.../seed<S>/MultiModalRepresentationLearner/model.pth.tar-<epochs>."""
     from sempt_cli.interop.convert import export_official
 
     result = export_official(checkpoint, out)
@@ -99,10 +107,12 @@ def print_import(result: ImportResult) -> None:
     console = Console(markup=False, highlight=False)  # paths may hold brackets
     settings = result.settings
     epoch = f", epoch {result.epoch}" if result.epoch is not None else ""
-    console.print(f"Imported {result.layout} checkpoint {result.source}{epoch}: {result.geometry.describe()}; "
-                  f"{result.tensors} learned tensors kept, {result.dropped} frozen-backbone and buffer tensors left "
-                  "out.")
     weights = settings.model.checkpoint or settings.model.pretrained or "random init"
+    buffers = result.dropped - result.frozen
+    console.print(f"Imported {result.layout} checkpoint {result.source}{epoch}: {result.geometry.describe()}; "
+                  f"{result.tensors} learned tensors kept, {result.dropped} left out: {result.frozen} frozen CLIP "
+                  f"tensors (checked against {settings.model.backbone}) and {buffers} class-list "
+                  f"buffer{'' if buffers == 1 else 's'}.")
     console.print(f"Read as {settings.data.dataset} ({settings.data.setting}) on {settings.model.backbone} "
                   f"({weights}); --dataset, --setting and --backbone change that.")
     console.print(f"Checkpoint: {result.checkpoint}")

@@ -29,8 +29,9 @@ def train_teacher(
     import_official: Annotated[
         Path | None,
         typer.Option("--import-official", metavar="PATH", show_default=False,
-                     help="Do not train: import an official PromptSRC/IVLP checkpoint (model-best.pth.tar, "
-                          "model.pth.tar-20) into a run folder, as `sempt interop import-teacher` does."),
+                     help="Do not train: import an official PromptSRC/IVLP or MMRL (--method mmrl) checkpoint "
+                          "(model-best.pth.tar, model.pth.tar-N) into a run folder, as `sempt interop "
+                          "import-teacher` does."),
     ] = None,
 ) -> None:
     """Train a prompt learner (PromptSRC, IVLP, CoOp, VPT, MMRL, DPT, RESTORE) and evaluate it.

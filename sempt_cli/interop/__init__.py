@@ -1,4 +1,5 @@
-"""Interoperability with the official PromptSRC / IVLP / PromptKD code: use their checkpoints, hand results back.
+"""Interoperability with the official PromptSRC / IVLP / PromptKD / MMRL code: use their checkpoints, hand results
+back.
 
 Python API::
 
@@ -9,10 +10,12 @@ Python API::
     student = import_student("output/.../VLPromptLearner/model-best.pth.tar", teacher.checkpoint,
                              overrides={"data.seed": 1})
     export_official(student.checkpoint).path  # .../official/VLPromptLearner/model-best.pth.tar
+    mmrl = import_teacher("output/base2new/train_base/eurosat/shots_16/MMRL/vit_b16/seed1/"
+                          "MultiModalRepresentationLearner/model.pth.tar-10")  # method "mmrl", from the file's keys
 
 Modules: `official` (the name and shape tables, pure), `dassl` (reading and writing the `.pth.tar` files without
-trusting pickle), `convert` (models, settings and sidecars). MMRL joins as one more table in `official` once
-the method exists. Importing this package is cheap; the functions load torch-heavy modules on first use.
+trusting pickle), `convert` (models, settings and sidecars); MMRL is one more table in `official`
+(`MMRL_TEACHER`). Importing this package is cheap; the functions load torch-heavy modules on first use.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sempt_cli.interop.convert import ExportResult, ImportResult, export_official, import_student, import_teacher
     from sempt_cli.interop.dassl import read_dassl_checkpoint, write_dassl_checkpoint
-    from sempt_cli.interop.official import LAYOUTS, PROMPTKD_STUDENT, PROMPTSRC_TEACHER, Layout
+    from sempt_cli.interop.official import LAYOUTS, MMRL_TEACHER, PROMPTKD_STUDENT, PROMPTSRC_TEACHER, Layout
 
 _LAZY = {
     "ExportResult": "sempt_cli.interop.convert",
@@ -35,6 +38,7 @@ _LAZY = {
     "write_dassl_checkpoint": "sempt_cli.interop.dassl",
     "LAYOUTS": "sempt_cli.interop.official",
     "Layout": "sempt_cli.interop.official",
+    "MMRL_TEACHER": "sempt_cli.interop.official",
     "PROMPTKD_STUDENT": "sempt_cli.interop.official",
     "PROMPTSRC_TEACHER": "sempt_cli.interop.official",
 }
@@ -49,6 +53,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LAYOUTS",
+    "MMRL_TEACHER",
     "PROMPTKD_STUDENT",
     "PROMPTSRC_TEACHER",
     "ExportResult",

@@ -1,11 +1,13 @@
 """Official checkpoints in, sempt checkpoints out, and back: `import_teacher`, `import_student`, `export_official`.
 
-Import: read the Dassl file safely (`interop.dassl`) → read prompt depth and length off its tensors → resolve
-settings (dataset and setting from the official folder names unless given, the official backbone guessed from
-the prompt widths unless given, the method's preset beneath, the file's prompt geometry above everything) →
-build our method on the named backbone → map and verify every tensor (`interop.official`) → compare the file's
-frozen CLIP copy with our backbone → write `model.safetensors` + sidecar with the same metadata a trained run
-has, so `sempt eval`, `sempt embed` and `sempt distill` use it unchanged.
+Import: read the Dassl file safely (`interop.dassl`) → tell its family (PromptSRC/IVLP or MMRL teacher, PromptKD
+student) by its keys → read its geometry off the tensors (prompt depth and length; MMRL: K, d_r and aligners per
+tower, placed on the backbone's blocks) → resolve settings (dataset, setting, shots and seed from the official
+folder names unless given, the official backbone guessed from the token widths unless given, the method's preset
+beneath, the file's geometry above everything) → build our method on the named backbone → map and verify every
+tensor (`interop.official`) → compare the file's frozen CLIP copy with our backbone → write `model.safetensors` +
+sidecar with the same metadata a trained run has, so `sempt eval`, `sempt embed` and `sempt distill` use it
+unchanged.
 
 Export: a sempt teacher or student → the official state-dict names → a Dassl `.pth.tar` in the folder the
 official code reads it from.
@@ -32,6 +34,8 @@ from sempt_cli.engine.runtime import seed_everything
 from sempt_cli.errors import SettingsError, WeightsError
 from sempt_cli.interop.dassl import DasslCheckpoint, read_dassl_checkpoint, write_dassl_checkpoint
 from sempt_cli.interop.official import (
+    LAYOUTS,
+    MMRL_TEACHER,
     PROMPTKD_STUDENT,
     PROMPTSRC_TEACHER,
     Geometry,
@@ -39,7 +43,9 @@ from sempt_cli.interop.official import (
     dataset_from_path,
     detect_layout,
     layout_for,
+    mmrl_folder,
     official_folder,
+    run_from_path,
     shallow_teacher_warning,
 )
 from sempt_cli.methods import Method, get_method
@@ -52,16 +58,18 @@ from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 OFFICIAL_BACKBONES: dict[tuple[int, int], str] = {
     (1024, 768): "ViT-L-14-quickgelu",  # the PromptKD teacher (spec §0)
-    (768, 512): "ViT-B-16-quickgelu",  # PromptSRC B/16
+    (768, 512): "ViT-B-16-quickgelu",  # PromptSRC B/16, MMRL
 }
-"""(vision width, text width) of the prompts → the OpenAI backbone the official code trains on."""
+"""(vision width, text width) of the prompts (MMRL: of the aligners' outputs) → the OpenAI backbone the official
+code trains on."""
 
 FROZEN_TOLERANCE = 1e-2
 """Relative L2 difference above which a frozen tensor saved in the file is not our backbone's: PromptSRC's
 whole-state-dict GPA perturbs frozen fp16 weights by ~1 ulp (relative ~5e-4, spec §5.5), other weights by far
 more."""
 
-IMPORT_SECTIONS = ("model", "data", "prompts")
+IMPORT_SECTIONS = ("model", "data")
+"""The settings sections every import's run key covers; the layout adds the ones its geometry sets."""
 TRANSFER_SETTINGS = ("cross-dataset", "cross-domain")
 """Settings where a student is distilled on another dataset than its teacher's (PromptKD's cross-dataset students
 learn on each target's unlabelled images from the ImageNet teacher)."""
@@ -80,6 +88,7 @@ class ImportResult:
     dropped: int  # frozen-backbone copies and class-list buffers left out
     warnings: list[str]
     settings: Settings
+    frozen: int = 0  # of `dropped`: frozen CLIP tensors, checked against the backbone (shapes; values if it has any)
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class ExportResult:
 def import_teacher(
     path: str | Path,
     *,
-    method: str = "promptsrc",
+    method: str | None = None,
     overrides: Mapping[str, Any] | None = None,
     config_file: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -106,21 +115,26 @@ def import_teacher(
     clip: LoadedClip | None = None,
     console: Console | None = None,
 ) -> ImportResult:
-    """Import an official PromptSRC/IVLP checkpoint (also what PromptKD loads as its teacher) as a sempt teacher.
+    """Import an official PromptSRC/IVLP checkpoint (also what PromptKD loads as its teacher) or MMRL checkpoint
+    as a sempt teacher.
 
-    `overrides` are dotted settings (`model.backbone`, `data.dataset`, `data.setting`, `paths.*`, ...); prompt
-    depth and length always come from the file. `out` defaults to a run folder under `paths.output_dir`;
-    `clip` reuses an already loaded backbone (it must be the one the settings name)."""
+    `method` is promptsrc or ivlp for PromptSRC/IVLP files, mmrl for MMRL files; None takes the file's family
+    (promptsrc for PromptSRC/IVLP). `overrides` are dotted settings (`model.backbone`, `data.dataset`,
+    `data.setting`, `paths.*`, ...); prompt depth and length (MMRL: K, d_r, start layer) always come from the
+    file. `out` defaults to a run folder under `paths.output_dir`; `clip` reuses an already loaded backbone (it
+    must be the one the settings name)."""
     console = console or Console(stderr=True)
-    layout = PROMPTSRC_TEACHER
-    if method not in layout.methods:
-        raise SettingsError(f"Official {layout.name} checkpoints import as {' or '.join(layout.methods)}, "
-                            f"not {method!r}.")
-    ckpt = _read(path, layout)
-    geometry = layout.geometry(ckpt.state_dict)
-    resolved = _teacher_settings(method, ckpt.path, geometry, overrides, config_file, env)
+    teachers = [layout for layout in LAYOUTS.values() if layout.kind == "teacher"]
+    if method is not None and not any(method in layout.methods for layout in teachers):
+        known = ", ".join(f"{' or '.join(layout.methods)} ({layout.name})" for layout in teachers)
+        raise SettingsError(f"Official teacher checkpoints import as {known}, not {method!r}.")
+    ckpt, layout = _read(path, *(t for t in teachers if method is None or method in t.methods))
+    method = method or layout.methods[0]
+    resolved, geometry = _teacher_settings(method, layout, ckpt.path, layout.geometry(ckpt.state_dict), overrides,
+                                           config_file, env)
     settings = resolved.settings
-    warnings = [w for w in (shallow_teacher_warning(geometry, str(ckpt.path)),) if w]
+    shallow = shallow_teacher_warning(geometry, str(ckpt.path)) if layout is PROMPTSRC_TEACHER else None
+    warnings = [shallow] if shallow else []
     for warning in warnings:
         _warn(console, warning)
     seed_everything(settings.data.seed)  # a random-init backbone is rebuilt exactly by `sempt eval`
@@ -140,7 +154,7 @@ def import_teacher(
         "settings": settings.model_dump(mode="json"), "sempt_version": __version__,
         "imported_from": _provenance(ckpt, layout, geometry, warnings),
     }
-    key = run_key(method, settings, f"{identity}|official:{ckpt.sha256}", IMPORT_SECTIONS)
+    key = run_key(method, settings, f"{identity}|official:{ckpt.sha256}", (*IMPORT_SECTIONS, *layout.sections))
     default = settings.paths.output_dir / "teachers" / settings.data.dataset / \
         f"{method}-{settings.data.setting}-official-{key}"
     written = save_learned(_target(out, default), model.trainable_state(), metadata)
@@ -166,8 +180,7 @@ def import_student(
     from sempt_cli.pipeline.distill import resolve_distill_settings
 
     console = console or Console(stderr=True)
-    layout = PROMPTKD_STUDENT
-    ckpt = _read(path, layout)
+    ckpt, layout = _read(path, PROMPTKD_STUDENT)
     teacher_ckpt = load_learned(teacher)
     meta = teacher_ckpt.metadata
     if meta.get("kind") != "teacher":
@@ -214,7 +227,7 @@ def import_student(
         "imported_from": _provenance(ckpt, layout, geometry, warnings),
     }
     key = run_key("promptkd", settings, f"{identity}|teacher:{teacher_ckpt.sha256}|official:{ckpt.sha256}",
-                  IMPORT_SECTIONS)
+                  (*IMPORT_SECTIONS, *layout.sections))
     default = settings.paths.output_dir / "students" / dataset / f"promptkd-{setting}-official-{key}"
     written = save_learned(_target(out, default), model.trainable_state(), metadata)
     return _result(written, ckpt, layout, geometry, model, warnings, settings)
@@ -224,18 +237,25 @@ def import_student(
 
 
 def export_official(checkpoint: str | Path, out: str | Path | None = None) -> ExportResult:
-    """Write a sempt teacher (PromptSRC/IVLP) or student (PromptKD) checkpoint as an official Dassl file.
+    """Write a sempt teacher (PromptSRC/IVLP, MMRL) or student (PromptKD) checkpoint as an official Dassl file.
 
     Only the learned tensors are written, under their official names, as fp32 (the official loaders delete
-    `token_prefix`/`token_suffix` and load with strict=False into their own fp16/fp32 parameters, so neither
-    the class-list buffers nor the frozen CLIP are needed). `out` defaults to `<run>/official/<where the official
-    code reads it>`; an existing folder gets that relative path inside it."""
+    `token_prefix`/`token_suffix`/`prompt_embeddings` and load with strict=False into their own fp16/fp32
+    parameters, so neither the class-list buffers nor the frozen CLIP are needed). `out` defaults to
+    `<run>/official/<where the official code reads it>`; an existing folder gets that relative path inside it."""
     ckpt = load_learned(checkpoint)
     meta = ckpt.metadata
     layout = layout_for(str(meta.get("kind")), str(meta.get("method")))
+    if meta.get("variant") or meta.get("sempt"):  # its unseen-class path is SemPT's, whatever tensors it holds
+        raise WeightsError(f"{ckpt.path} is {meta.get('method')} {meta.get('variant') or 'w/ SemPT'}, which has no "
+                           "official counterpart.", "Export the plain run (--no-sempt) instead.")
     state = layout.to_official(ckpt.tensors, source=str(ckpt.path))
     epoch = int((meta.get("imported_from") or {}).get("epoch") or meta["settings"]["train"]["epochs"])
-    relative = official_folder(meta["dataset"], meta["setting"], layout.kind, epoch)
+    if layout is MMRL_TEACHER:
+        data = meta["settings"]["data"]
+        relative = mmrl_folder(meta["dataset"], meta["setting"], int(data["shots"]), int(data["seed"]), epoch)
+    else:
+        relative = official_folder(meta["dataset"], meta["setting"], layout.kind, epoch)
     if out is None:
         target = ckpt.path.parent / "official" / relative
     else:
@@ -247,29 +267,32 @@ def export_official(checkpoint: str | Path, out: str | Path | None = None) -> Ex
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def _read(path: str | Path, layout: Layout) -> DasslCheckpoint:
-    """Read the file and make sure it is from `layout`'s family (a student file given as teacher, or a file of
-    another method, is said so)."""
+def _read(path: str | Path, *layouts: Layout) -> tuple[DasslCheckpoint, Layout]:
+    """Read the file and make sure it is from one of `layouts`' families (a student file given as teacher, or a
+    file of another method, is said so, with how to import it)."""
     ckpt = read_dassl_checkpoint(path)
     found = detect_layout(ckpt.state_dict)
-    if found is layout:
-        return ckpt
+    if found is not None and found in layouts:
+        return ckpt, found
+    wanted = " or ".join(layout.name for layout in layouts)
     if found is not None:
-        raise WeightsError(f"{ckpt.path} is a {found.name} checkpoint, not a {layout.name} one.",
-                           f"Import it with `sempt interop import-{found.kind}`.")
-    raise WeightsError(f"{ckpt.path} holds no {layout.name} prompts (no {layout.marker}).",
-                       "Official PromptSRC, IVLP and PromptKD checkpoints can be imported; MMRL follows later.")
+        how = f"--method {found.methods[0]}" if found.kind == "teacher" else f"`sempt interop import-{found.kind}`"
+        raise WeightsError(f"{ckpt.path} is {_a(found.name)} checkpoint, not {_a(wanted)} one.",
+                           f"Import it with {how}.")
+    raise WeightsError(f"{ckpt.path} holds no {wanted} tensors (no {' or '.join(t.marker for t in layouts)}).",
+                       "Official PromptSRC, IVLP and MMRL teachers and PromptKD students can be imported; MaPLe, "
+                       "MMRL++ and other methods' files cannot.")
 
 
 def _teacher_settings(
-    method: str, path: Path, geometry: Geometry, overrides: Mapping[str, Any] | None, config_file: Path | None,
-    env: Mapping[str, str] | None,
-) -> ResolvedSettings:
-    """User values over the guesses from the file (backbone by prompt widths, dataset and setting by folder
-    names) over the method's preset; the file's prompt geometry over everything."""
+    method: str, layout: Layout, path: Path, geometry: Geometry, overrides: Mapping[str, Any] | None,
+    config_file: Path | None, env: Mapping[str, str] | None,
+) -> tuple[ResolvedSettings, Geometry]:
+    """User values over the guesses from the file (backbone by token widths, dataset and setting by folder
+    names) over the method's preset, the run's shots and seed from the folder names over that; the file's
+    geometry over everything. MMRL's geometry is placed on the resolved backbone's blocks (the start layer)."""
     given = dict(overrides or {})
-    derived = geometry.settings()
-    _refuse_conflicts(given, derived, path)
+    _refuse_conflicts(given, geometry.settings(), path)
     dataset, setting = dataset_from_path(path)
     guess: dict[str, Any] = {}
     backbone = OFFICIAL_BACKBONES.get((geometry.widths.get("vision", 0), geometry.widths.get("text", 0)))
@@ -279,24 +302,41 @@ def _teacher_settings(
         guess["data.dataset"] = dataset
     if setting is not None:
         guess["data.setting"] = setting
-    values = {**given, **derived}
-    first = load_settings(values, config_file=config_file, env=env, preset=guess)
+    run = run_from_path(path)
+    first = load_settings({**given, **geometry.settings()}, config_file=config_file, env=env,
+                          preset={**guess, **run})
     if first.sources["data.dataset"] == "default":
         raise SettingsError(f"Cannot tell from the folder names of {path} which dataset it was trained on.",
                             "Pass --dataset (e.g. --dataset oxford_flowers).")
-    preset = {**guess, **get_method(method).presets(first.settings, first.settings.model.backbone)}
-    return load_settings(values, config_file=config_file, env=env, preset=preset,
-                         preset_name=f"preset {method}/{first.settings.data.setting} + official checkpoint")
+    if layout.space is not None:
+        geometry = geometry.placed(_blocks(first.settings.model.backbone), str(path))
+    derived = geometry.settings()
+    _refuse_conflicts(given, derived, path)
+    preset = {**guess, **get_method(method).presets(first.settings, first.settings.model.backbone), **run}
+    resolved = load_settings({**given, **derived}, config_file=config_file, env=env, preset=preset,
+                             preset_name=f"preset {method}/{first.settings.data.setting} + official checkpoint")
+    return resolved, geometry
+
+
+def _blocks(backbone: str) -> dict[str, int]:
+    """Transformer blocks per tower of `backbone`, from its open_clip config (what the model will be built with)."""
+    cfg = open_clip.get_model_config(backbone)
+    if not cfg:
+        raise SettingsError(f"Unknown CLIP backbone {backbone!r}.", "See `open_clip.list_models()` for names.")
+    layers = {tower: cfg.get(f"{tower}_cfg", {}).get("layers", 12) for tower in ("vision", "text")}
+    return {tower: n if isinstance(n, int) else 0 for tower, n in layers.items()}  # a ResNet has no blocks
 
 
 def _refuse_conflicts(given: Mapping[str, Any], derived: Mapping[str, int], path: Path) -> None:
-    """A prompt flag that disagrees with the file would build a model with random prompts (spec §5.7)."""
+    """A prompt (or MMRL space) flag that disagrees with the file would build a model with random prompts or
+    tokens where the file has none (spec §5.7), or one the file does not fit."""
     clashes = [f"{key} = {given[key]}" for key, value in derived.items()
                if key in given and given[key] is not None and str(given[key]) != str(value)]
     if clashes:
         held = ", ".join(f"{key} = {value}" for key, value in derived.items())
         raise SettingsError(f"{path} holds {held}, but {', '.join(clashes)} was given.",
-                            "Leave out the prompt flags: an import keeps exactly the prompts the file holds.")
+                            "Leave out the prompt and representation flags: an import keeps exactly what the file "
+                            "holds.")
 
 
 def _without_training_targets(cls: type[Method]) -> type[Method]:
@@ -365,8 +405,14 @@ def _result(
     settings: Settings,
 ) -> ImportResult:
     learned = len(model.trainable_state())
+    frozen = sum(layout.frozen_name(key) is not None for key in ckpt.state_dict)
     return ImportResult(written, ckpt.path, layout.name, ckpt.epoch, geometry, learned,
-                        len(ckpt.state_dict) - len(layout.rules(geometry)), warnings, settings)
+                        len(ckpt.state_dict) - len(layout.rules(geometry)), warnings, settings, frozen)
+
+
+def _a(name: str) -> str:
+    """The article for a family name as it is read out ("an MMRL", "a PromptSRC/IVLP")."""
+    return f"an {name}" if name[:1] in "AEFHILMNORSX" else f"a {name}"
 
 
 def _warn(console: Console, message: str) -> None:

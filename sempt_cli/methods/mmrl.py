@@ -128,9 +128,7 @@ class MMRL(Method):
         ).to(device)
         self.proj_rep = nn.Parameter(torch.randn(self.vision.width, self.dim, device=device) * self.vision.width**-0.5)
         self.train_prompts = self._prompts(self.train_classnames)
-        with torch.no_grad():
-            frozen = self._text_features(self.train_prompts, None)
-        self.register_buffer("frozen_text", F.normalize(frozen.float(), dim=-1), persistent=False)
+        self._frozen_text: Tensor | None = None  # t̂⁰, needed by training only: encoded on first use
 
     # ------------------------------------------------------------------ encoders
     def _prompts(self, classnames: Sequence[str]) -> ClassPrompts:
@@ -155,6 +153,13 @@ class MMRL(Method):
         class_feature = self.vision.pool(out.tokens, 0)
         representation = visual.ln_post(out.tokens[:, 1 : 1 + self.num_tokens]).mean(dim=1)
         return class_feature, representation @ self.proj_rep.to(representation.dtype)
+
+    def frozen_text(self) -> Tensor:
+        """t̂⁰: frozen CLIP's text features of the training classes (same template), the text regulariser's target."""
+        if self._frozen_text is None:
+            with torch.no_grad():
+                self._frozen_text = F.normalize(self._text_features(self.train_prompts, None).float(), dim=-1)
+        return self._frozen_text
 
     # ------------------------------------------------------------------ protocol
     def logit_scale(self) -> Tensor:
@@ -210,7 +215,7 @@ class MMRL(Method):
 
         rep_ce = F.cross_entropy(self.scale * representation.float() @ text.float().t(), batch.labels)
         image_reg = 1 - (image.float() * frozen_image).sum(-1).mean()
-        text_reg = 1 - (text.float() * self.frozen_text).sum(-1).mean()
+        text_reg = 1 - (text.float() * self.frozen_text()).sum(-1).mean()
         extra = LossOutput(
             (1 - self.alpha) * rep_ce + self.reg_weight * (image_reg + text_reg),
             {"ce_r": float(rep_ce.detach()), "cos_i": float(image_reg.detach()), "cos_t": float(text_reg.detach())},

@@ -1,8 +1,10 @@
-"""Checkpoints in the official PromptSRC / PromptKD layout with random values (names and shapes per spec §3, §7.1).
+"""Checkpoints in the official PromptSRC / PromptKD / MMRL layout with random values (names and shapes per
+spec/promptkd-promptsrc.md §3, §7.1 and spec/mmrl.md §1.2–§1.5).
 
-They are built the way the official code saves them: the whole `CustomCLIP.state_dict()` (prompts, the frozen
-CLIP copy, PromptSRC's `ZS_image_encoder` and `token_prefix`/`token_suffix` buffers), inside Dassl's dict with
-a real optimizer state and a scheduler state that pickles its successor `CosineAnnealingLR` object.
+They are built the way the official code saves them: the whole `CustomCLIP.state_dict()` (prompts or MMRL's
+representation space, the frozen CLIP copy, PromptSRC's `ZS_image_encoder`, the `token_prefix`/`token_suffix` or
+`prompt_embeddings` buffers), inside Dassl's dict with a real optimizer state and a scheduler state that pickles
+its successor `CosineAnnealingLR` object.
 """
 
 from __future__ import annotations
@@ -96,11 +98,49 @@ def student_state(
     return state
 
 
+def mmrl_state(
+    clip: LoadedClip,
+    start_layer: int,
+    *,
+    rep_dim: int = 512,
+    tokens: int = 5,
+    num_classes: int = 20,
+    frozen: bool = True,
+    seed: int = 2,
+) -> dict[str, Tensor]:
+    """An MMRL `CustomCLIP.state_dict()` (trainers/mmrl.py, clip/model_mmrl.py): the representation tokens, one
+    Linear aligner per tower for every block from `start_layer` (1-based, the official REP_LAYERS[0]) to the last,
+    `proj_rep`, the `prompt_embeddings` buffer [C, 77, text width] and the frozen CLIP (fp32, as PREC amp saves)."""
+    g = torch.Generator().manual_seed(seed)
+    vision, text = widths(clip)
+    blocks = {"r2vproj": (vision, len(clip.model.visual.transformer.resblocks)),
+              "r2tproj": (text, len(clip.model.transformer.resblocks))}
+    state = {"representation_learner.compound_rep_tokens": torch.randn(tokens, rep_dim, generator=g) * 0.02}
+    for name, (width, depth) in blocks.items():
+        for index in range(depth - start_layer + 1):
+            prefix = f"representation_learner.compound_rep_tokens_{name}.{index}"
+            state[f"{prefix}.weight"] = (torch.rand(width, rep_dim, generator=g) - 0.5) * 2 / rep_dim**0.5
+            state[f"{prefix}.bias"] = (torch.rand(width, generator=g) - 0.5) * 2 / rep_dim**0.5
+    state["prompt_embeddings"] = torch.randn(num_classes, CONTEXT, text, generator=g)
+    state["image_encoder.proj_rep"] = torch.randn(vision, int(clip.model.visual.output_dim), generator=g) / vision**0.5
+    if frozen:
+        for key, value in clip.model.state_dict().items():
+            if key.startswith("visual."):
+                state["image_encoder." + key[len("visual."):]] = value.clone()
+            elif key.startswith(("transformer.", "positional_embedding", "ln_final.", "text_projection")):
+                state["text_encoder." + key] = value.clone()
+    return state
+
+
 def save_dassl(path: Path, state: dict[str, Tensor], epoch: int = 20, **extra: object) -> Path:
     """`torch.save` as Dassl's `save_checkpoint` does: with the optimizer state and a scheduler state whose
-    `successor` is a pickled torch `CosineAnnealingLR` (holding the SGD optimizer), as in every official file."""
-    params = [nn.Parameter(v.float().clone()) for k, v in state.items() if "VPT" in k or k.endswith(".ctx")][:3]
-    optimizer = torch.optim.SGD(params, lr=0.005, momentum=0.9, weight_decay=5e-4)
+    `successor` is a pickled torch `CosineAnnealingLR` (holding the optimizer: SGD for PromptSRC/PromptKD, AdamW
+    for MMRL), as in every official file."""
+    mmrl = any(k.startswith("representation_learner.") for k in state)
+    params = [nn.Parameter(v.float().clone()) for k, v in state.items()
+              if "VPT" in k or k.endswith(".ctx") or k.startswith("representation_learner.")][:3]
+    optimizer = (torch.optim.AdamW(params, lr=1e-3, weight_decay=5e-4) if mmrl
+                 else torch.optim.SGD(params, lr=0.005, momentum=0.9, weight_decay=5e-4))
     sum(p.sum() for p in params).backward()  # type: ignore[union-attr]
     optimizer.step()  # momentum buffers, as after training
     successor = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epoch)
