@@ -273,18 +273,86 @@ class MMRLSettings(_Section):
 
 
 class DPTSettings(_Section):
-    """DPT (dual-modality prompt tuning: text + visual prompts + class-aware visual prompts)."""
+    """DPT (dual-modality prompt tuning: text + visual prompts + class-aware visual prompts, `methods/dpt.py`).
+
+    Defaults are the paper's (§III, §IV-A); where the paper is silent, the official code's choice. Prompt lengths
+    and depths live in `prompts` (the method's preset sets the paper's 16 text / 10 visual tokens)."""
 
     variant: Literal["vpt", "vlp", "dpt"] = Field(
         "dpt", description="vpt = visual prompts only; vlp = text + visual prompts; dpt = vlp + class-aware visual "
         "prompts.", json_schema_extra={"flag": "dpt-variant"},
     )
+    cavpt_length: int = Field(
+        10, ge=1, description="K_N: class-aware prompts per CAVPT block, one per top-K_N zero-shot class, capped at "
+        "the number of candidate classes (§III-C; Table V: 10 is best).",
+    )
+    cavpt_layers: int = Field(
+        1, ge=1, description="CAVPT goes into the last N vision blocks, replacing the deep visual prompts there "
+        "(§IV-D top-down, Fig. 6; 1 = the last block only, the paper's choice).",
+    )
+    cavpt_attn_dim: int = Field(
+        32, ge=1, description="d_k of the cross-attention's query/key projections W_q, W_k (Eq. 6; the paper gives "
+        "no value, the official code uses 32).",
+    )
+    cavpt_detach: bool = Field(
+        True, description="No gradient from CAVPT's keys/values back into the visual tokens, as in the official code "
+        "(the paper is silent).",
+    )
+    aux_weight: float = Field(
+        0.3, ge=0.0, description="α, weight of the class-aware K-way cross-entropy L_ce^ca (Eq. 11; Table IV).",
+        json_schema_extra={"flag": "dpt-alpha"},
+    )
+    guidance_weight: float = Field(
+        0.1, ge=0.0, description="β: weight of VLP's own cross-entropy during the general-knowledge warm-up, "
+        "L = L_coop + L_vpt + β·L_ce + α·L_ce^ca (Eq. 12).", json_schema_extra={"flag": "dpt-beta"},
+    )
+    guidance_epochs: int = Field(
+        30, ge=0, description="Epochs of the general-knowledge warm-up (Eq. 12) for vlp and dpt: 30, 10 on ImageNet "
+        "(preset); 0 = off.", json_schema_extra={"flag": "dpt-guidance-epochs"},
+    )
 
 
 class RestoreSettings(_Section):
-    """RESTORE (feature-shift consistency + feature-shift-guided surgery adapters) on IVLP deep prompts."""
+    """RESTORE (feature-shift consistency + feature-shift-guided surgery adapters) on IVLP deep prompts.
+
+    The paper leaves the reference of the shift, its normalisation, the adapter width and γ/β open; every such
+    choice is a field here, defaulting to the reading `methods/restore.py` documents."""
 
     fs_weight: float = Field(1.0, ge=0.0, description="λ_fs, weight of the feature-shift consistency loss.")
+    gamma: float = Field(
+        0.1, ge=0.0, description="γ: the image surgery coefficient is α_v = γ · Σ_l Norm(Ω_l^v) (paper: unstated).",
+        json_schema_extra={"flag": "restore-gamma"},
+    )
+    beta: float = Field(
+        0.1, ge=0.0, description="β: the text surgery coefficient is α_t = β · Σ_l Norm(Ω_l^t) (paper: unstated).",
+        json_schema_extra={"flag": "restore-beta"},
+    )
+    surgery: bool = Field(
+        True, description="Apply the shift-guided surgery adapters (--no-surgery: feature-shift loss only).",
+        json_schema_extra={"flag": "surgery"},
+    )
+    surgery_ratio: float = Field(
+        4.0, gt=0.0, description="Hidden width of W_up as a multiple of the embedding width (official code: 4×).",
+    )
+    surgery_zero_init: bool = Field(
+        True, description="Start W_down at zero so that training starts from plain IVLP (else PyTorch's default).",
+    )
+    detach_alpha: bool = Field(
+        True, description="Treat α_v/α_t as measured coefficients (no gradient from the surgery into the shift).",
+    )
+    shift_reference: Literal["frozen", "block"] = Field(
+        "frozen", description="What a prompted block output is compared with: frozen = the same layer of the tower "
+        "run without prompts (deviation from pre-trained CLIP); block = the same block run on the same input with "
+        "the prompt tokens removed (Eq. 6 taken literally, a per-block increment).",
+    )
+    shift_norm: Literal["relative", "rms", "frobenius"] = Field(
+        "relative", description="Norm(Ω_l) per image / class: relative = ‖Ω_l‖_F / ‖reference‖_F; rms = ‖Ω_l‖_F / "
+        "√tokens; frobenius = ‖Ω_l‖_F as written (grows with sequence length and width).",
+    )
+    fs_pairing: Literal["modality-mean", "label"] = Field(
+        "modality-mean", description="L_fs per layer: modality-mean = (mean over images − mean over classes)²; "
+        "label = mean over images of (image shift − its label's class shift)².",
+    )
 
 
 class LLMSettings(_Section):

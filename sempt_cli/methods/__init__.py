@@ -3,7 +3,7 @@
 Importing this package registers the built-in methods.
 """
 
-from sempt_cli.methods import mmrl, promptkd, promptsrc, zeroshot  # noqa: F401  (registration)
+from sempt_cli.methods import dpt, mmrl, promptkd, promptsrc, restore, zeroshot  # noqa: F401  (registration)
 from sempt_cli.methods.base import (
     Batch,
     LossOutput,

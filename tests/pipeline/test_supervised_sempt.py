@@ -91,3 +91,18 @@ def test_few_shot_sweep_trains_both_variants_per_shot_and_seed(workspace: dict[s
     assert all(record.reused for record in again.records)  # finished runs and records are reused
     with pytest.raises(Exception, match="labels"):
         FewShotPlan("promptkd", ("demo",))
+
+
+@pytest.mark.parametrize("method", ["dpt", "restore"])
+def test_other_baselines_train_evaluate_and_run_with_sempt_on_the_demo_world(
+    method: str, workspace: dict[str, str]
+) -> None:
+    overrides = {**workspace, "data.batch_size": 8}
+    plain = train_teacher(method, resolve_with_preset(method, overrides, env={}))
+    wrapped = train_teacher(method, resolve_with_preset(method, overrides, env={}), sempt=True)
+    assert load_learned(wrapped.checkpoint).metadata["variant"] == "w/ SemPT"
+    settings = load_settings(workspace, env={}).settings
+    for run in (plain, wrapped):
+        record = evaluate_checkpoint(run.checkpoint, settings)
+        for metric, value in run.metrics.items():
+            assert record.results["demo"].metrics[metric] == pytest.approx(value), (method, metric)
