@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from sempt_cli.pipeline import evaluation
 from sempt_cli.pipeline.distill import distill, resolve_distill_settings
 from sempt_cli.pipeline.evaluation import default_datasets, evaluate_checkpoint, evaluate_runs, views_for
 from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
-from sempt_cli.report.paper import BASE2NOVEL_DATASETS, harmonic_mean, lookup
+from sempt_cli.report.paper import AVERAGE, BASE2NOVEL_DATASETS, harmonic_mean, lookup
 from sempt_cli.report.plots import write_plots
 from sempt_cli.report.records import (
     DatasetResult,
@@ -325,3 +326,22 @@ def test_eval_settings_parse_lists() -> None:
 def test_runs_need_something_to_evaluate(tmp_path: Path) -> None:
     with pytest.raises(SemptError, match="Nothing to evaluate"):
         evaluate_runs([], _settings(tmp_path, tmp_path))
+
+
+def test_mmrl_rows_sit_beside_the_papers_mmrl_rows_and_few_shot_compares_at_16_shots() -> None:
+    plain = _record(1, _b2n(85.0, 77.0), method="mmrl", kind="teacher", shots=16)
+    wrapped = _record(1, _b2n(85.0, 79.0), method="mmrl", kind="teacher", shots=16, config="s")
+    wrapped.model = replace(wrapped.model, variant="w/ SemPT")
+    by_label = {c.group.label: c for c in build_comparisons(aggregate([plain, wrapped]))}
+    assert set(by_label) == {"ours: MMRL (ViT-B/16)", "ours: MMRL w/ SemPT (ViT-B/16)"}
+    labels = [row.label for row in by_label["ours: MMRL w/ SemPT (ViT-B/16)"].paper]
+    assert "paper: MMRL (SemPT Table 1)" in labels and "paper: MMRL w/ SemPT (SemPT Table 1)" in labels
+
+    few = [_record(1, {"accuracy": 80.0 + i}, dataset=d, setting="few-shot", method="mmrl", kind="teacher",
+                   shots=shots) for shots in (1, 16) for i, d in enumerate(BASE2NOVEL_DATASETS)]
+    one, sixteen = sorted(build_comparisons(aggregate(few)), key=lambda c: c.group.shots)
+    assert one.paper == [] and any("16 shots only" in note for note in one.notes)
+    quoted = [row for row in sixteen.paper if row.label == "paper: MMRL w/ SemPT (SemPT Fig. 4)"]
+    assert len(quoted) == 1 and quoted[0].value(AVERAGE, "accuracy").value == 84.84  # type: ignore[union-attr]
+    assert sixteen.ours(AVERAGE, "accuracy") == pytest.approx(85.0)
+    assert any(row.label == "paper: DPT (DPT Table 2)" for row in sixteen.paper)
