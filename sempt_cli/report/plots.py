@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sempt_cli.data import DEMO_KEY
 from sempt_cli.errors import SemptError
 from sempt_cli.io import atomic_write_bytes
 from sempt_cli.report.paper import AVERAGE
@@ -61,7 +62,7 @@ def few_shot_curves(groups: Sequence[Group], folder: Path, paper: Sequence[Paper
         if group.kind == "zeroshot":
             levels[f"{group.title} zero-shot ({backbone})"] = group
         else:
-            lines.setdefault(f"{group.title} ({backbone}, {group.kind})", {})[group.shots] = group
+            lines.setdefault(group.model_name, {})[group.shots] = group
     if not lines:
         return []
     datasets = list(dict.fromkeys(d for g in few for d in g.datasets))
@@ -100,7 +101,7 @@ def few_shot_curves(groups: Sequence[Group], folder: Path, paper: Sequence[Paper
         axes.set_xlabel("Shots per class")
         axes.set_ylabel("Accuracy (%)")
         title = dataset_title(dataset) if dataset != AVERAGE else f"Average over {len(common)} datasets"
-        axes.set_title(title + (" (demo world)" if demo else ""))
+        axes.set_title(title + (" (demo world)" if demo and dataset != DEMO_KEY else ""))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
         written.append(save_png(figure, Path(folder) / f"fewshot-{dataset}.png"))

@@ -235,13 +235,18 @@ class Group:
         return " ".join(filter(None, (METHOD_TITLES.get(self.method, self.method), self.variant)))
 
     @property
+    def model_name(self) -> str:
+        """'PromptKD (ViT-B/16, student)', 'MMRL (ViT-B/16)': supervised baselines are not called teachers."""
+        backbone = self.paper_backbone or self.backbone
+        role = "" if self.kind == "teacher" and self.method not in TEACHER_METHODS else f", {self.kind}"
+        return f"{self.title} ({backbone}{role})"
+
+    @property
     def label(self) -> str:
         """'ours: PromptKD (ViT-B/16, student)' — the row name in every table."""
-        backbone = self.paper_backbone or self.backbone
         shown = self.kind != "zeroshot" and self.shots > 0 and (self.setting == "few-shot" or self.shots != 16)
         shots = f", {self.shots}-shot" if shown else ""
-        role = "" if self.kind == "teacher" and self.method not in TEACHER_METHODS else f", {self.kind}"
-        return f"ours: {self.title} ({backbone}{role}{shots})"
+        return f"ours: {self.model_name[:-1]}{shots})"
 
     @property
     def slug(self) -> str:
