@@ -14,7 +14,7 @@ from sempt_cli.errors import SemptError
 from sempt_cli.methods.base import Batch, get_method
 from sempt_cli.methods.dpt import DPT, ClassAwarePrompts, DualVisionPrompts, class_aware_loss
 from sempt_cli.methods.sempt import AttributeBank, SemPT
-from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip, load_clip
+from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip
 from sempt_cli.models.prompted import DeepPrompts
 from sempt_cli.settings import SemptHyperParameters, Settings, load_settings
 
@@ -23,15 +23,9 @@ BLOCKS, TOKENS, EMBED = 4, 37, 96  # the demo student: 4 vision blocks, CLS + 6x
 DEEP = 3  # visual prompt length used below
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="module")
-def clip() -> LoadedClip:
-    torch.manual_seed(3)
-    return load_clip(DEMO_STUDENT, None)
+def clip(demo_student: LoadedClip) -> LoadedClip:
+    return demo_student
 
 
 def build(clip: LoadedClip, variant: str = "dpt", classes: list[str] = CLASSES, **overrides: object) -> DPT:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from sempt_cli.methods.base import Batch
 from sempt_cli.methods.mmrl import MMRL, REG_WEIGHTS
 from sempt_cli.methods.sempt import AttributeBank, SemPT
-from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
+from sempt_cli.models import LoadedClip, load_clip
 from sempt_cli.settings import Settings, load_settings
 
 CLASSES = ["cat", "dog", "bird"]
@@ -26,16 +26,9 @@ def b16() -> LoadedClip:
     return load_clip("ViT-B-16-quickgelu", None)
 
 
-@pytest.fixture(scope="module")
-def tiny() -> LoadedClip:
-    torch.manual_seed(3)
-    return load_clip(DEMO_STUDENT, None)
-
-
 @pytest.fixture()
-def tiny_mmrl(tiny: LoadedClip) -> MMRL:
-    torch.manual_seed(0)
-    return MMRL(tiny, CLASSES, settings(**{"mmrl.start_layer": 2}))
+def tiny_mmrl(demo_student: LoadedClip) -> MMRL:
+    return MMRL(demo_student, CLASSES, settings(**{"mmrl.start_layer": 2}))
 
 
 def trainable_count(method: MMRL) -> int:

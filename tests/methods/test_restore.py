@@ -17,21 +17,15 @@ from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptsrc import IVLP
 from sempt_cli.methods.restore import Restore, Surgery, feature_shift_loss, paired_layers, shift_norms
 from sempt_cli.methods.sempt import AttributeBank, SemPT
-from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip, load_clip
+from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip
 from sempt_cli.settings import SemptHyperParameters, Settings, load_settings
 
 CLASSES = ["cat", "dog", "tabby cat", "golden retriever", "airplane", "sports car"]
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
 @pytest.fixture(scope="module")
-def student_clip() -> LoadedClip:
-    torch.manual_seed(3)
-    return load_clip(DEMO_STUDENT, None)
+def student_clip(demo_student: LoadedClip) -> LoadedClip:
+    return demo_student
 
 
 def settings_for(**values: Any) -> Settings:

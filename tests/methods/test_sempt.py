@@ -26,11 +26,6 @@ def unit(*shape: int) -> torch.Tensor:
     return F.normalize(torch.randn(*shape), dim=-1)
 
 
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
 # ------------------------------------------------------------------------------------------------ SA
 
 
