@@ -5,14 +5,13 @@ latter checked), export → import is the identity, and a pickled payload is ref
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from torch import Tensor, nn
+from torch import Tensor
 from typer.testing import CliRunner
 
 from sempt_cli.cli.app import app
@@ -32,6 +31,7 @@ from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip, load_learned, 
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
 from sempt_cli.pipeline.teacher import load_teacher
 from sempt_cli.settings import load_settings
+from tests.blocks import block_inputs
 from tests.interop.conftest import run_paths
 from tests.interop.fakes import mmrl_state, save_dassl
 from tests.interop.test_safety import Payload
@@ -69,29 +69,15 @@ def imported_mmrl(root: Path, official_mmrl: tuple[Path, dict[str, Tensor]], dem
                           console=_quiet())
 
 
-def _block_inputs(blocks: nn.Sequential, run: Callable[[], object]) -> dict[int, Tensor]:
-    """The sequence entering every block (batch first) while `run` runs."""
-    seen: dict[int, Tensor] = {}
-    handles = [block.register_forward_pre_hook(lambda _m, args, i=i: seen.__setitem__(i, args[0].detach().clone()))
-               for i, block in enumerate(blocks)]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
-
-
 def _assert_tokens_enter_where_the_spec_says(method: MMRL, state: dict[str, Tensor], start: int) -> None:
     """Official aligner i (REP_LAYERS[i] = start + i, 1-based) gives positions 1..K entering that block, in both
     towers; blocks before the start see the plain sequence."""
     clip = method.backbone
     tokens = state[SPACE].float()
     size = int(clip.visual.image_size[0] if isinstance(clip.visual.image_size, tuple) else clip.visual.image_size)
-    vision = _block_inputs(clip.visual.transformer.resblocks,
+    vision = block_inputs(clip.visual.transformer.resblocks,
                            lambda: method.image_embeddings(torch.randn(2, 3, size, size)))
-    text = _block_inputs(clip.transformer.resblocks, lambda: method.class_embeddings(["zorp", "blick"]))
+    text = block_inputs(clip.transformer.resblocks, lambda: method.class_embeddings(["zorp", "blick"]))
     for tower, seen in (("vision", vision), ("text", text)):
         plain = seen[start - 2].shape[1]  # the block before the start: no representation tokens yet
         for index in range(len(seen) - start + 1):

@@ -12,6 +12,7 @@ from sempt_cli.methods.mmrl import MMRL, REG_WEIGHTS
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import LoadedClip, load_clip
 from sempt_cli.settings import Settings, load_settings
+from tests.blocks import block_inputs
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -40,32 +41,19 @@ def test_trainable_part_on_vit_b16_matches_the_spec(b16: LoadedClip) -> None:
     assert trainable_count(MMRL(b16, CLASSES, settings(**{"mmrl.rep_dim": 2048}))) == 18_762_496  # EuroSAT
 
 
-def record_block_inputs(blocks: torch.nn.ModuleList) -> tuple[list[torch.Tensor], list[object]]:
-    seen: list[torch.Tensor] = []
-    handles = [block.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach())) for block in blocks]
-    return seen, handles
-
-
 def test_tokens_enter_block_6_after_cls_and_replace_afterwards(b16: LoadedClip) -> None:
     torch.manual_seed(0)
     method = MMRL(b16, CLASSES, settings())
     vision_tokens, text_tokens = method.space()
-    seen, handles = record_block_inputs(b16.model.visual.transformer.resblocks)
-    with torch.no_grad():
-        method.image_embeddings(torch.randn(1, 3, 224, 224))
-    for handle in handles:
-        handle.remove()
+    seen = block_inputs(b16.model.visual.transformer.resblocks,
+                        lambda: method.image_embeddings(torch.randn(1, 3, 224, 224)))
     assert [x.shape[1] for x in seen] == [197] * 5 + [202] * 7  # spec §1.3, checked empirically there
     for block in range(5, 12):  # positions 1..5 hold R_v of this block, whatever the previous block wrote
         torch.testing.assert_close(seen[block][0, 1:6], vision_tokens[block - 5].detach())
     assert not torch.allclose(seen[6][0, 6:], seen[5][0, 6:])  # patches flow on
 
     method.text.truncate = False  # the official 77 positions
-    seen, handles = record_block_inputs(method.text.transformer.resblocks)
-    with torch.no_grad():
-        method.class_embeddings(CLASSES[:1])
-    for handle in handles:
-        handle.remove()
+    seen = block_inputs(method.text.transformer.resblocks, lambda: method.class_embeddings(CLASSES[:1]))
     assert [x.shape[1] for x in seen] == [77] * 5 + [82] * 7  # spec §1.4
     for block in range(5, 12):
         torch.testing.assert_close(seen[block][0, 1:6], text_tokens[block - 5].detach())

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptsrc import IVLP
@@ -19,6 +18,7 @@ from sempt_cli.methods.restore import Restore, Surgery, feature_shift_loss, pair
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip
 from sempt_cli.settings import SemptHyperParameters, Settings, load_settings
+from tests.blocks import block_outputs
 
 CLASSES = ["cat", "dog", "tabby cat", "golden retriever", "airplane", "sports car"]
 
@@ -41,20 +41,6 @@ def build(clip: LoadedClip, seed: int = 11, **values: Any) -> Restore:
 
 def images(batch: int = 2, seed: int = 5) -> Tensor:
     return torch.rand(batch, 3, 48, 48, generator=torch.Generator().manual_seed(seed))
-
-
-def block_outputs(transformer: nn.Module, run: Callable[[], object]) -> list[Tensor]:
-    """Every resblock's output of open_clip's own forward `run()`, caught by forward hooks."""
-    caught: list[Tensor] = []
-    handles = [block.register_forward_hook(lambda _m, _i, out: caught.append(out))
-               for block in transformer.resblocks]
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return caught
 
 
 # ------------------------------------------------------------------------------------------ formulas by hand
@@ -179,8 +165,8 @@ def test_frozen_shift_is_relative_to_open_clips_own_blocks(student_clip: LoadedC
         got_image, got_text = method.encode_images(x), method.encode_text(prompts)
         prompted_image = method.vision.forward_features(x, return_layers=True).layers
         prompted_text = method.text.forward_features(prompts, return_layers=True).layers
-    frozen_image = block_outputs(model.visual.transformer, lambda: model.encode_image(x))
-    frozen_text = block_outputs(model.transformer, lambda: model.encode_text(prompts.token_ids))
+    frozen_image = block_outputs(model.visual.transformer.resblocks, lambda: model.encode_image(x))
+    frozen_text = block_outputs(model.transformer.resblocks, lambda: model.encode_text(prompts.token_ids))
     tokens = frozen_image[0].shape[1]
     assert prompted_image[0].shape[1] == tokens + 4  # four trailing vision prompts left out
     for layer, (p, r) in enumerate(zip(prompted_image, frozen_image, strict=True)):
