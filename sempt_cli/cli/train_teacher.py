@@ -14,12 +14,6 @@ from sempt_cli.cli.render import print_run
 from sempt_cli.errors import SettingsError
 
 
-def supervised_methods() -> list[str]:
-    from sempt_cli.methods import get_method, method_names
-
-    return [name for name in method_names() if get_method(name).supervised]
-
-
 @settings_options("paths", "model", "data", "train", "prompts", "promptsrc", "mmrl", "dpt", "restore")
 def train_teacher(
     options: dict[str, Any],
@@ -39,11 +33,12 @@ def train_teacher(
     Train a prompt learner (by default PromptSRC with the official hyper-parameters of the chosen setting),
     save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run.
     With --import-official PATH nothing is trained: the official checkpoint becomes the run's checkpoint."""
+    from sempt_cli.methods import supervised_method_names
     from sempt_cli.pipeline.teacher import resolve_with_preset
     from sempt_cli.pipeline.teacher import train_teacher as run
 
-    if method not in supervised_methods():
-        raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(supervised_methods())}.")
+    if method not in supervised_method_names():
+        raise SettingsError(f"Unknown method {method!r}; choose one of {', '.join(supervised_method_names())}.")
     if import_official is not None:
         from sempt_cli.cli.interop import print_import
         from sempt_cli.interop.convert import import_teacher

@@ -12,9 +12,11 @@ from sempt_cli.methods.base import (
     get_method,
     method_names,
     register_method,
+    supervised_method_names,
 )
 from sempt_cli.methods.sempt import SemPT
 
 __all__ = [
     "Batch", "LossOutput", "Method", "SemPT", "TrainingForward", "get_method", "method_names", "register_method",
+    "supervised_method_names",
 ]

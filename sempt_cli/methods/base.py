@@ -205,6 +205,11 @@ def method_names() -> list[str]:
     return sorted(_METHODS)
 
 
+def supervised_method_names() -> list[str]:
+    """Methods trained with labels: what `train-teacher --method` and `few-shot --baseline` accept."""
+    return [name for name in method_names() if _METHODS[name].supervised]
+
+
 def get_method(name: str) -> type[Method]:
     try:
         return _METHODS[name]

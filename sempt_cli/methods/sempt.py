@@ -247,21 +247,23 @@ class SemPT(Method):
 
     def classifier(self, classnames: Sequence[str], *, in_domain: bool = True) -> Classifier:
         """Seen classes by the wrapped method's own rule (against T_lbl), unseen ones against T_enh, in one logit
-        matrix (so they can compete)."""
-        base = self.base.classifier(classnames, in_domain=in_domain)
-        enhanced = self.uses_enhanced(classnames).nonzero().flatten()
-        if len(enhanced) == 0:
-            return base
+        matrix (so they can compete). The wrapped rule is prepared only if some class uses it."""
+        chosen = self.uses_enhanced(classnames)
+        if not bool(chosen.any()):
+            return self.base.classifier(classnames, in_domain=in_domain)
+        base = None if bool(chosen.all()) else self.base.classifier(classnames, in_domain=in_domain)
         labels = self.class_embeddings(classnames)
-        enhanced = enhanced.to(labels.device)
+        enhanced = chosen.nonzero().flatten().to(labels.device)
         all_rows = self._attributes_for(classnames).to(labels.device)
         chosen_labels, chosen_attributes = labels[enhanced], all_rows[enhanced]
         projected = self.fusion.project(chosen_labels, chosen_attributes)
 
         def logits(image: Tensor) -> Tensor:
+            scores = self.enhanced_logits(self.matching_embeddings(image), chosen_labels, chosen_attributes, projected)
+            if base is None:
+                return scores
             out = base(image)
-            matched = self.matching_embeddings(image)
-            out[:, enhanced] = self.enhanced_logits(matched, chosen_labels, chosen_attributes, projected).to(out.dtype)
+            out[:, enhanced] = scores.to(out.dtype)
             return out
 
         return logits

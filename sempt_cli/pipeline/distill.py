@@ -28,7 +28,7 @@ from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.engine.trainer import Trainer
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
 from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
-from sempt_cli.methods import get_method, method_names
+from sempt_cli.methods import get_method, supervised_method_names
 from sempt_cli.methods.base import Batch, Method
 from sempt_cli.methods.promptkd import TeacherSignals
 from sempt_cli.models.checkpoint import load_learned, save_learned
@@ -52,7 +52,7 @@ from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 def baselines() -> list[str]:
     """What `distill --baseline` accepts: PromptKD (from a teacher) and every supervised prompt learner."""
-    return [name for name in method_names() if name == "promptkd" or get_method(name).supervised]
+    return sorted(["promptkd", *supervised_method_names()])
 
 
 def student_run_dir(baseline: str, settings: Settings, identity: str) -> Path:
