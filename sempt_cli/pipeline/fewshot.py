@@ -9,6 +9,7 @@ here is training (its L_enh term), exactly as in the paper's Fig. 4.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,18 +69,13 @@ def run_few_shot(
     flags and apply to every run (a flag for shots, seed, dataset or SemPT would be overridden by the plan)."""
     console = console or Console(stderr=True)
     checkpoints: list[Path] = []
-    done = 0
-    for dataset in plan.datasets:
-        for sempt in plan.variants:
-            for shots in plan.shots:
-                for seed in plan.seeds:
-                    done += 1
-                    label = f"{plan.baseline}{' w/ SemPT' if sempt else ''} · {dataset} · {shots} shot · seed {seed}"
-                    console.rule(f"[bold]few-shot {done}/{plan.size}[/] {label}")
-                    run = {**overrides, "data.dataset": dataset, "data.setting": "few-shot", "data.shots": shots,
-                           "data.seed": seed, "sempt.enabled": sempt}
-                    resolved = resolve_with_preset(plan.baseline, run, config_file=config_file, env=env)
-                    trained = train_teacher(plan.baseline, resolved, sempt=sempt, console=console)
-                    checkpoints.append(trained.checkpoint)
+    runs = itertools.product(plan.datasets, plan.variants, plan.shots, plan.seeds)
+    for done, (dataset, sempt, shots, seed) in enumerate(runs, start=1):
+        label = f"{plan.baseline}{' w/ SemPT' if sempt else ''} · {dataset} · {shots} shot · seed {seed}"
+        console.rule(f"[bold]few-shot {done}/{plan.size}[/] {label}")
+        run = {**overrides, "data.dataset": dataset, "data.setting": "few-shot", "data.shots": shots,
+               "data.seed": seed, "sempt.enabled": sempt}
+        resolved = resolve_with_preset(plan.baseline, run, config_file=config_file, env=env)
+        checkpoints.append(train_teacher(plan.baseline, resolved, sempt=sempt, console=console).checkpoint)
     settings = load_settings(overrides, config_file=config_file, env=env).settings
     return evaluate_runs(checkpoints, settings, setting="few-shot", console=console, command=command)
