@@ -6,8 +6,7 @@ and the transform builders are imported on first access.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sempt_cli.data.check import DatasetStatus, check_data_root, check_dataset
 from sempt_cli.data.fewshot import fewshot_cache_path, fewshot_splits, generate_fewshot
@@ -26,6 +25,7 @@ from sempt_cli.data.registry import (
     get_dataset_info,
 )
 from sempt_cli.data.subsample import SubsampleMode, split_base_new, subsample_classes
+from sempt_cli.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from sempt_cli.data.images import ImageDataset, drop_unreadable, load_image, scan_images
@@ -37,24 +37,12 @@ if TYPE_CHECKING:
         clip_train_transform,
     )
 
-_LAZY = {
-    "ImageDataset": "sempt_cli.data.images",
-    "drop_unreadable": "sempt_cli.data.images",
-    "load_image": "sempt_cli.data.images",
-    "scan_images": "sempt_cli.data.images",
-    "CLIP_MEAN": "sempt_cli.data.transforms",
-    "CLIP_STD": "sempt_cli.data.transforms",
-    "build_transform": "sempt_cli.data.transforms",
-    "clip_test_transform": "sempt_cli.data.transforms",
-    "clip_train_transform": "sempt_cli.data.transforms",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_exports(__name__, {
+    "sempt_cli.data.images": ("ImageDataset", "drop_unreadable", "load_image", "scan_images"),
+    "sempt_cli.data.transforms": (
+        "CLIP_MEAN", "CLIP_STD", "build_transform", "clip_test_transform", "clip_train_transform",
+    ),
+})
 
 
 __all__ = [

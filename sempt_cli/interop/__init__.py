@@ -20,35 +20,22 @@ trusting pickle), `convert` (models, settings and sidecars); MMRL is one more ta
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from sempt_cli.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from sempt_cli.interop.convert import ExportResult, ImportResult, export_official, import_student, import_teacher
     from sempt_cli.interop.dassl import read_dassl_checkpoint, write_dassl_checkpoint
     from sempt_cli.interop.official import LAYOUTS, MMRL_TEACHER, PROMPTKD_STUDENT, PROMPTSRC_TEACHER, Layout
 
-_LAZY = {
-    "ExportResult": "sempt_cli.interop.convert",
-    "ImportResult": "sempt_cli.interop.convert",
-    "export_official": "sempt_cli.interop.convert",
-    "import_student": "sempt_cli.interop.convert",
-    "import_teacher": "sempt_cli.interop.convert",
-    "read_dassl_checkpoint": "sempt_cli.interop.dassl",
-    "write_dassl_checkpoint": "sempt_cli.interop.dassl",
-    "LAYOUTS": "sempt_cli.interop.official",
-    "Layout": "sempt_cli.interop.official",
-    "MMRL_TEACHER": "sempt_cli.interop.official",
-    "PROMPTKD_STUDENT": "sempt_cli.interop.official",
-    "PROMPTSRC_TEACHER": "sempt_cli.interop.official",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_exports(__name__, {
+    "sempt_cli.interop.convert": (
+        "ExportResult", "ImportResult", "export_official", "import_student", "import_teacher",
+    ),
+    "sempt_cli.interop.dassl": ("read_dassl_checkpoint", "write_dassl_checkpoint"),
+    "sempt_cli.interop.official": ("LAYOUTS", "Layout", "MMRL_TEACHER", "PROMPTKD_STUDENT", "PROMPTSRC_TEACHER"),
+})
 
 
 __all__ = [
