@@ -69,11 +69,11 @@ from safetensors.torch import save_file
 from sempt_cli.data.registry import bundled_imagenet_classnames
 from sempt_cli.engine.runtime import Runtime, seeded
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
-from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
 from sempt_cli.methods.promptsrc import CLASS_CHUNK, IVLP, PromptSRC
 from sempt_cli.models.factory import load_clip, register_model_config
 from sempt_cli.models.prompted import ClassPrompts
+from sempt_cli.protocol import Batch
 from sempt_cli.settings import Settings, load_settings
 
 MODES = {

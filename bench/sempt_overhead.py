@@ -83,7 +83,6 @@ from bench.distill_step import (
 )
 from sempt_cli.engine.runtime import Runtime, seeded
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
-from sempt_cli.methods.base import Batch, Classifier, Method
 from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
 from sempt_cli.methods.sempt import (
     CHUNK_ELEMENTS,
@@ -93,6 +92,7 @@ from sempt_cli.methods.sempt import (
     enhanced_embeddings_naive,
 )
 from sempt_cli.models.factory import load_clip
+from sempt_cli.protocol import Batch, Classifier, Method
 from sempt_cli.settings import SemptHyperParameters
 
 VARIANTS = {

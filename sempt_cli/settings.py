@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -32,6 +32,7 @@ from pydantic import (
     SecretStr,
     SerializationInfo,
     ValidationError,
+    create_model,
     field_serializer,
     field_validator,
     model_validator,
@@ -40,6 +41,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sempt_cli.data.registry import canonical_dataset_name, dataset_names
 from sempt_cli.errors import SettingsError
+from sempt_cli.plugins import load_plugins
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,12 +65,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "sempt"
 
 
-class _Section(BaseModel):
+class SettingsSection(BaseModel):
+    """Base of every settings section. A method's own section subclasses it, names itself with `section` (its
+    TOML table, `SEMPT_<SECTION>__*` prefix and `settings.<section>`) and sets `title` for help panels."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    section: ClassVar[str] = ""
 
 
-class PathSettings(_Section):
+SectionT = TypeVar("SectionT", bound=SettingsSection)
+
+
+class PathSettings(SettingsSection):
     """Where data, caches and results live."""
+
+    model_config = ConfigDict(title="Paths")
 
     data_root: Path = Field(
         Path("~/data"),
@@ -89,8 +100,10 @@ class PathSettings(_Section):
         return value.expanduser()
 
 
-class ModelSettings(_Section):
+class ModelSettings(SettingsSection):
     """The backbone a command trains or evaluates."""
+
+    model_config = ConfigDict(title="Model")
 
     backbone: str = Field(
         "sempt-demo-teacher",
@@ -119,8 +132,10 @@ class ModelSettings(_Section):
         raise ValueError("must be auto, cpu, cuda or cuda:N")
 
 
-class DataSettings(_Section):
+class DataSettings(SettingsSection):
     """Which data, which evaluation protocol, and how it is batched."""
+
+    model_config = ConfigDict(title="Data")
 
     dataset: str = Field("demo", description="Dataset key (see `sempt data list`).")
     setting: EvalSetting = Field("base2novel", description="Evaluation protocol.")
@@ -160,8 +175,10 @@ class DataSettings(_Section):
         return self
 
 
-class SemptHyperParameters(_Section):
+class SemptHyperParameters(SettingsSection):
     """SemPT (spec/sempt-method.md); every [choice] of the spec is a field here."""
+
+    model_config = ConfigDict(title="SemPT")
 
     enabled: bool = Field(
         True, description="Apply SemPT on top of the baseline (--no-sempt for the pure baseline).",
@@ -198,8 +215,10 @@ class SemptHyperParameters(_Section):
         return self
 
 
-class TrainSettings(_Section):
+class TrainSettings(SettingsSection):
     """Optimisation; a method's preset replaces these defaults with its official values."""
+
+    model_config = ConfigDict(title="Training")
 
     epochs: int = Field(20, ge=1, description="Training epochs.")
     lr: float = Field(0.0025, gt=0.0, description="Peak learning rate.")
@@ -212,8 +231,10 @@ class TrainSettings(_Section):
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between resumable checkpoints.")
 
 
-class PromptSettings(_Section):
+class PromptSettings(SettingsSection):
     """Deep-prompt geometry (IVLP): depth counts the input-level set, so depth 9 = input + blocks 1..8."""
+
+    model_config = ConfigDict(title="Prompts")
 
     vision_depth: int = Field(9, ge=0, description="Vision prompt depth (0 = no vision prompts).")
     text_depth: int = Field(9, ge=0, description="Text prompt depth (0 = no text prompts).")
@@ -222,145 +243,14 @@ class PromptSettings(_Section):
     ctx_init: str | None = Field("a photo of a", description="Words that initialise the layer-0 text context.")
 
 
-class PromptSRCSettings(_Section):
-    """PromptSRC's self-regulating losses and Gaussian prompt aggregation (official values)."""
-
-    text_loss_weight: float = Field(25.0, ge=0.0, description="Weight of the L1 text-feature consistency loss.")
-    image_loss_weight: float = Field(10.0, ge=0.0, description="Weight of the L1 image-feature consistency loss.")
-    logits_loss_weight: float = Field(1.0, ge=0.0, description="Weight of the KL logit consistency loss.")
-    gpa_mean: float = Field(15.0, description="Mean (epoch) of the Gaussian prompt aggregation.")
-    gpa_std: float = Field(1.0, gt=0.0, description="Standard deviation (epochs) of the Gaussian aggregation.")
-
-
-class PromptKDSettings(_Section):
-    """PromptKD distillation (official scripts: KD weight 1000, temperature 1) and the teacher-side caches."""
-
-    kd_weight: float = Field(1000.0, ge=0.0, description="Weight of the KD loss (scripts: 1000; see docs).")
-    kd_temperature: float = Field(1.0, gt=0.0, description="Distillation temperature τ.")
-    teacher_cache_gb: float = Field(
-        20.0, ge=0.0, description="Disk budget for cached teacher image features; beyond it they are computed live."
-    )
-    recompute_teacher: bool = Field(
-        False, description="Reference mode: run the teacher's image and text encoders every step, as the official code."
-    )
-
-
-class MMRLSettings(_Section):
-    """MMRL (CVPR 2025, spec/mmrl.md): a shared representation space projected into both encoders' upper blocks.
-
-    The per-dataset regularisation weight and EuroSAT's wider space come from the method's preset (the official
-    `trainers/config.py` table), so these defaults are the official fallbacks."""
-
-    alpha: float = Field(
-        0.7, ge=0.0, le=1.0,
-        description="Weight of the class-token head, in the loss and in the fused logits (1−α: representation head).",
-        json_schema_extra={"flag": "mmrl-alpha"},
-    )
-    reg_weight: float = Field(
-        1.0, ge=0.0,
-        description="λ of the cosine regularisers towards frozen CLIP (preset: the official per-dataset value).",
-    )
-    rep_dim: int = Field(512, ge=1, description="Width d_r of the shared representation space (preset: EuroSAT 2048).")
-    num_tokens: int = Field(5, ge=1, description="K representation tokens.", json_schema_extra={"flag": "rep-tokens"})
-    start_layer: int = Field(
-        6, ge=1, description="1-based block the tokens enter (official REP_LAYERS 6..12: after 5 untouched blocks).",
-        json_schema_extra={"flag": "rep-start-layer"},
-    )
-    logit_scale: float = Field(
-        100.0, gt=0.0, description="Fixed logit scale (the official code hard-codes 100).",
-        json_schema_extra={"flag": "mmrl-logit-scale"},
-    )
-
-
-class DPTSettings(_Section):
-    """DPT (dual-modality prompt tuning: text + visual prompts + class-aware visual prompts, `methods/dpt.py`).
-
-    Defaults are the paper's (§III, §IV-A); where the paper is silent, the official code's choice. Prompt lengths
-    and depths live in `prompts` (the method's preset sets the paper's 16 text / 10 visual tokens)."""
-
-    variant: Literal["vpt", "vlp", "dpt"] = Field(
-        "dpt", description="vpt = visual prompts only; vlp = text + visual prompts; dpt = vlp + class-aware visual "
-        "prompts.", json_schema_extra={"flag": "dpt-variant"},
-    )
-    cavpt_length: int = Field(
-        10, ge=1, description="K_N: class-aware prompts per CAVPT block, one per top-K_N zero-shot class, capped at "
-        "the number of candidate classes (§III-C; Table V: 10 is best).",
-    )
-    cavpt_layers: int = Field(
-        1, ge=1, description="CAVPT goes into the last N vision blocks, replacing the deep visual prompts there "
-        "(§IV-D top-down, Fig. 6; 1 = the last block only, the paper's choice).",
-    )
-    cavpt_attn_dim: int = Field(
-        32, ge=1, description="d_k of the cross-attention's query/key projections W_q, W_k (Eq. 6; the paper gives "
-        "no value, the official code uses 32).",
-    )
-    cavpt_detach: bool = Field(
-        True, description="No gradient from CAVPT's keys/values back into the visual tokens, as in the official code "
-        "(the paper is silent).",
-    )
-    aux_weight: float = Field(
-        0.3, ge=0.0, description="α, weight of the class-aware K-way cross-entropy L_ce^ca (Eq. 11; Table IV).",
-        json_schema_extra={"flag": "dpt-alpha"},
-    )
-    guidance_weight: float = Field(
-        0.1, ge=0.0, description="β: weight of VLP's own cross-entropy during the general-knowledge warm-up, "
-        "L = L_coop + L_vpt + β·L_ce + α·L_ce^ca (Eq. 12).", json_schema_extra={"flag": "dpt-beta"},
-    )
-    guidance_epochs: int = Field(
-        30, ge=0, description="Epochs of the general-knowledge warm-up (Eq. 12) for vlp and dpt: 30, 10 on ImageNet "
-        "(preset); 0 = off.", json_schema_extra={"flag": "dpt-guidance-epochs"},
-    )
-
-
-class RestoreSettings(_Section):
-    """RESTORE (feature-shift consistency + feature-shift-guided surgery adapters) on IVLP deep prompts.
-
-    The paper leaves the reference of the shift, its normalisation, the adapter width and γ/β open; every such
-    choice is a field here, defaulting to the reading `methods/restore.py` documents."""
-
-    fs_weight: float = Field(1.0, ge=0.0, description="λ_fs, weight of the feature-shift consistency loss.")
-    gamma: float = Field(
-        0.1, ge=0.0, description="γ: the image surgery coefficient is α_v = γ · Σ_l Norm(Ω_l^v) (paper: unstated).",
-        json_schema_extra={"flag": "restore-gamma"},
-    )
-    beta: float = Field(
-        0.1, ge=0.0, description="β: the text surgery coefficient is α_t = β · Σ_l Norm(Ω_l^t) (paper: unstated).",
-        json_schema_extra={"flag": "restore-beta"},
-    )
-    surgery: bool = Field(
-        True, description="Apply the shift-guided surgery adapters (--no-surgery: feature-shift loss only).",
-        json_schema_extra={"flag": "surgery"},
-    )
-    surgery_ratio: float = Field(
-        4.0, gt=0.0, description="Hidden width of W_up as a multiple of the embedding width (official code: 4×).",
-    )
-    surgery_zero_init: bool = Field(
-        True, description="Start W_down at zero so that training starts from plain IVLP (else PyTorch's default).",
-    )
-    detach_alpha: bool = Field(
-        True, description="Treat α_v/α_t as measured coefficients (no gradient from the surgery into the shift).",
-    )
-    shift_reference: Literal["frozen", "block"] = Field(
-        "frozen", description="What a prompted block output is compared with: frozen = the same layer of the tower "
-        "run without prompts (deviation from pre-trained CLIP); block = the same block run on the same input with "
-        "the prompt tokens removed (Eq. 6 taken literally, a per-block increment).",
-    )
-    shift_norm: Literal["relative", "rms", "frobenius"] = Field(
-        "relative", description="Norm(Ω_l) per image / class: relative = ‖Ω_l‖_F / ‖reference‖_F; rms = ‖Ω_l‖_F / "
-        "√tokens; frobenius = ‖Ω_l‖_F as written (grows with sequence length and width).",
-    )
-    fs_pairing: Literal["modality-mean", "label"] = Field(
-        "modality-mean", description="L_fs per layer: modality-mean = (mean over images − mean over classes)²; "
-        "label = mean over images of (image shift − its label's class shift)².",
-    )
-
-
-class LLMSettings(_Section):
+class LLMSettings(SettingsSection):
     """The LLM that writes attribute descriptions (`sempt gen-attributes`, spec §1): any OpenAI-compatible endpoint.
 
     The API key is read from `api_key` (config file or SEMPT_LLM__API_KEY) or else $OPENAI_API_KEY; it is never
     written anywhere: dumps show it masked (Python) or as null (JSON), and request caches never contain it.
     """
+
+    model_config = ConfigDict(title="LLM (gen-attributes)")
 
     strategy: Literal["two-step", "one-step", "names", "ground-truth"] = Field(
         "two-step",
@@ -430,8 +320,10 @@ def _comma_list(value: object) -> object:
     return value
 
 
-class EvalSettings(_Section):
+class EvalSettings(SettingsSection):
     """`sempt eval`: which datasets to score, where records go, how results are aggregated and shown."""
+
+    model_config = ConfigDict(title="Evaluation")
 
     datasets: list[str] | None = Field(
         None, description="Comma-separated datasets to score instead of the setting's own list "
@@ -491,8 +383,9 @@ class EvalSettings(_Section):
 
 
 class Settings(BaseSettings):
-    """Everything a command can be told. `Settings()` alone reads SEMPT_* variables like any pydantic-settings
-    model; `load_settings` adds the config file, presets, flags and provenance."""
+    """Everything a command can be told: the core sections below plus one section per method plug-in that
+    declares settings (`settings_model()` adds those). `load_settings` adds the config file, presets, flags and
+    provenance."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid", case_sensitive=False
@@ -504,19 +397,57 @@ class Settings(BaseSettings):
     sempt: SemptHyperParameters = Field(default_factory=SemptHyperParameters)
     train: TrainSettings = Field(default_factory=TrainSettings)
     prompts: PromptSettings = Field(default_factory=PromptSettings)
-    promptsrc: PromptSRCSettings = Field(default_factory=PromptSRCSettings)
-    promptkd: PromptKDSettings = Field(default_factory=PromptKDSettings)
-    mmrl: MMRLSettings = Field(default_factory=MMRLSettings)
-    dpt: DPTSettings = Field(default_factory=DPTSettings)
-    restore: RestoreSettings = Field(default_factory=RestoreSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     eval: EvalSettings = Field(default_factory=EvalSettings)
 
+    def section(self, model: type[SectionT]) -> SectionT:
+        """The values of the section declared by `model` (a method's own settings: `settings.section(MMRLSettings)`)."""
+        for name, declared in sections().items():
+            if declared is model:
+                value = getattr(self, name)
+                assert isinstance(value, model)
+                return value
+        raise SettingsError(f"No settings section is declared by {model.__name__}; is its method registered?")
 
-SECTIONS: dict[str, type[BaseModel]] = {
+
+CORE_SECTIONS: dict[str, type[SettingsSection]] = {
     name: field.annotation  # type: ignore[misc]
     for name, field in Settings.model_fields.items()
 }
+_PLUGIN_SECTIONS: dict[str, type[SettingsSection]] = {}
+_MODELS: dict[tuple[str, ...], type[Settings]] = {}
+
+
+def register_section(model: type[SettingsSection]) -> None:
+    """Add a plug-in's settings section (a method's own hyper-parameters) to the settings tree, under
+    `model.section`."""
+    name = model.section
+    if not name.isidentifier() or name in CORE_SECTIONS or _PLUGIN_SECTIONS.get(name, model) is not model:
+        raise SettingsError(f"The settings section {name!r} of {model.__name__} is taken or not a valid name.")
+    _PLUGIN_SECTIONS[name] = model
+
+
+def sections() -> dict[str, type[SettingsSection]]:
+    """Every settings section: the core ones, then those of the registered method plug-ins (loaded on first use)."""
+    load_plugins()
+    return {**CORE_SECTIONS, **_PLUGIN_SECTIONS}
+
+
+def settings_model() -> type[Settings]:
+    """The `Settings` class with one field per registered plug-in section, built once per set of sections."""
+    load_plugins()
+    key = tuple(_PLUGIN_SECTIONS)
+    if key not in _MODELS:
+        fields: dict[str, Any] = {
+            name: (model, Field(default_factory=model)) for name, model in _PLUGIN_SECTIONS.items()
+        }
+        _MODELS[key] = create_model("Settings", __base__=Settings, __doc__=Settings.__doc__, **fields)
+    return _MODELS[key]
+
+
+def section_title(name: str) -> str:
+    """How help screens title a section (its model's `title`, e.g. "PromptSRC")."""
+    return str(sections()[name].model_config.get("title") or name)
 
 
 @dataclass(frozen=True)
@@ -547,11 +478,12 @@ class SettingField:
         return self.annotation is bool
 
 
-def iter_fields(sections: tuple[str, ...] | None = None) -> Iterator[SettingField]:
-    """Every leaf setting, or those of `sections` (a section name, or `section.field` for a single setting)."""
-    for section, model in SECTIONS.items():
+def iter_fields(only: Iterable[str] | None = None) -> Iterator[SettingField]:
+    """Every leaf setting, or those named in `only` (a section name, or `section.field` for a single setting)."""
+    chosen = None if only is None else set(only)
+    for section, model in sections().items():
         for name, field in model.model_fields.items():
-            if sections is not None and section not in sections and f"{section}.{name}" not in sections:
+            if chosen is not None and section not in chosen and f"{section}.{name}" not in chosen:
                 continue
             default = field.get_default(call_default_factory=True)
             extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
@@ -560,7 +492,9 @@ def iter_fields(sections: tuple[str, ...] | None = None) -> Iterator[SettingFiel
             yield SettingField(section, name, field.description or "", default, field.annotation, flag_name)
 
 
-FIELDS: dict[str, SettingField] = {f.key: f for f in iter_fields()}
+def fields() -> dict[str, SettingField]:
+    """Every leaf setting by dotted key (`sempt.alpha`)."""
+    return {f.key: f for f in iter_fields()}
 
 
 @dataclass(frozen=True)
@@ -572,7 +506,7 @@ class ResolvedSettings:
 
     def rows(self) -> list[tuple[str, Any, str]]:
         dumped = self.settings.model_dump()
-        return [(key, dumped[f.section][f.name], self.sources[key]) for key, f in FIELDS.items()]
+        return [(key, dumped[f.section][f.name], self.sources[key]) for key, f in fields().items()]
 
 
 def _config_file_values(path: Path) -> dict[str, Any]:
@@ -584,15 +518,16 @@ def _config_file_values(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"The config file {path} is not valid TOML ({exc}).") from None
     values: dict[str, Any] = {}
+    known_sections, known = sections(), fields()
     for section, table in raw.items():
-        if section not in SECTIONS or not isinstance(table, dict):
+        if section not in known_sections or not isinstance(table, dict):
             raise SettingsError(
                 f"The config file {path} has an unknown section [{section}]; "
-                f"known sections are {', '.join(SECTIONS)}."
+                f"known sections are {', '.join(known_sections)}."
             )
         for name, value in table.items():
             key = f"{section}.{name}"
-            if key not in FIELDS:
+            if key not in known:
                 raise SettingsError(f"The config file {path} sets an unknown setting {key}.")
             values[key] = value
     return values
@@ -600,14 +535,15 @@ def _config_file_values(path: Path) -> dict[str, Any]:
 
 def _environment_values(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     upper = {name.upper(): value for name, value in env.items()}
+    known = fields()
     unknown = sorted(
         name for name in upper
         if name.startswith(ENV_PREFIX) and ENV_NESTED_DELIMITER in name
-        and name not in {f.env_var for f in FIELDS.values()}
+        and name not in {f.env_var for f in known.values()}
     )
     if unknown:
         raise SettingsError(f"The environment variable {unknown[0]} names no setting (see `sempt config show`).")
-    return {key: (upper[f.env_var], f.env_var) for key, f in FIELDS.items() if f.env_var in upper}
+    return {key: (upper[f.env_var], f.env_var) for key, f in known.items() if f.env_var in upper}
 
 
 def _flag_as_given(field: SettingField, value: Any) -> str:
@@ -639,11 +575,12 @@ def load_settings(
     flags, so their source reads as the flag. `env` defaults to `os.environ`.
     """
     env = os.environ if env is None else env
+    known = fields()
     layers: list[tuple[dict[str, Any], dict[str, str]]] = []
 
     def add_layer(values: Mapping[str, Any], describe: Any) -> None:
         for key in values:
-            if key not in FIELDS:
+            if key not in known:
                 raise SettingsError(f"{key} is not a setting (see `sempt config show`).")
         layers.append((dict(values), {key: describe(key) for key in values}))
 
@@ -654,33 +591,36 @@ def load_settings(
     env_values = _environment_values(env)
     add_layer({k: v for k, (v, _) in env_values.items()}, lambda key: f"environment {env_values[key][1]}")
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    add_layer(flags, lambda key: f"flag {_flag_as_given(FIELDS[key], flags[key])}")
+    add_layer(flags, lambda key: f"flag {_flag_as_given(known[key], flags[key])}")
 
-    merged: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
-    sources = {key: "default" for key in FIELDS}
+    merged: dict[str, dict[str, Any]] = {section: {} for section in sections()}
+    sources = {key: "default" for key in known}
     for values, described in layers:
         for key, value in values.items():
             section, name = key.split(".", 1)
             merged[section][name] = value
             sources[key] = described[key]
     try:
-        settings = Settings.model_validate(merged)
+        settings = settings_model().model_validate(merged)
     except ValidationError as exc:
-        raise SettingsError(_explain(exc, merged, sources)) from None
+        raise SettingsError(_explain(exc, merged, sources, known)) from None
     return ResolvedSettings(settings, sources)
 
 
-def _explain(exc: ValidationError, merged: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str]) -> str:
+def _explain(
+    exc: ValidationError, merged: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str],
+    known: Mapping[str, SettingField],
+) -> str:
     """Turn pydantic's report into one sentence naming the setting, its value and where it came from."""
     error = exc.errors(include_url=False)[0]
     loc = [str(part) for part in error["loc"]]
     message = str(error["msg"]).removeprefix("Value error, ")
     message = message[0].lower() + message[1:] if message else message
-    if len(loc) >= 2 and f"{loc[0]}.{loc[1]}" in FIELDS:
+    if len(loc) >= 2 and f"{loc[0]}.{loc[1]}" in known:
         key = f"{loc[0]}.{loc[1]}"
-        value = merged[loc[0]].get(loc[1], FIELDS[key].default)
+        value = merged[loc[0]].get(loc[1], known[key].default)
         return f"Invalid setting {key} = {value!r} (from {sources[key]}): {message}."
     section = loc[0] if loc else "settings"
-    given = sorted({sources[k] for k in FIELDS if k.startswith(section + ".") and sources[k] != "default"})
+    given = sorted({sources[k] for k in known if k.startswith(section + ".") and sources[k] != "default"})
     origin = f" (set by {', '.join(given)})" if given else ""
     return f"Invalid {section} settings{origin}: {message}."

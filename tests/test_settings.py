@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sempt_cli.errors import SettingsError
-from sempt_cli.settings import FIELDS, Settings, load_settings
+from sempt_cli.settings import Settings, fields, load_settings
 
 
 def _write(path: Path, text: str) -> Path:
@@ -97,10 +97,10 @@ def test_env_and_file_errors_name_their_source(tmp_path: Path) -> None:
 
 
 def test_every_flag_is_unique() -> None:
-    flags = [f.flag for f in FIELDS.values() if f.flag_name]
+    flags = [f.flag for f in fields().values() if f.flag_name]
     assert len(flags) == len(set(flags))
-    assert FIELDS["sempt.enabled"].flag == "--sempt"
-    assert FIELDS["llm.api_key"].flag_name is None  # secrets never travel on command lines
+    assert fields()["sempt.enabled"].flag == "--sempt"
+    assert fields()["llm.api_key"].flag_name is None  # secrets never travel on command lines
 
 
 def test_paths_are_expanded() -> None:

@@ -9,14 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sempt_cli.cli.options import resolve_from_options, settings_options
-from sempt_cli.settings import SECTIONS
+from sempt_cli.cli.options import METHOD_SECTIONS, resolve_from_options, settings_options
+from sempt_cli.settings import CORE_SECTIONS
 
 app = typer.Typer(help="Inspect the resolved settings.", no_args_is_help=True)
 
 
 @app.command("show")
-@settings_options(*SECTIONS)
+@settings_options(*CORE_SECTIONS, METHOD_SECTIONS)
 def show(
     options: dict[str, Any],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

@@ -9,13 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from sempt_cli.cli.options import overrides_from_options, settings_options
+from sempt_cli.cli.options import METHOD_SECTIONS, overrides_from_options, settings_options
 from sempt_cli.cli.render import print_run
 from sempt_cli.errors import SettingsError
 
 
-@settings_options("paths", "model", "data", "train", "prompts", "promptsrc", "promptkd", "mmrl", "dpt", "restore",
-                  "sempt")
+@settings_options("paths", "model", "data", "train", "prompts", METHOD_SECTIONS, "sempt")
 def distill(
     options: dict[str, Any],
     teacher: Annotated[

@@ -9,12 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from sempt_cli.cli.options import overrides_from_options, parse_list, settings_options
+from sempt_cli.cli.options import METHOD_SECTIONS, overrides_from_options, parse_list, settings_options
 
 DEFAULT_FIGURES = Path("results/few-shot")
 
 
-@settings_options("paths", "model", "train", "mmrl", "dpt", "restore", "prompts", "promptsrc", "sempt",
+@settings_options("paths", "model", "train", "prompts", METHOD_SECTIONS, "sempt",
                   "eval.results_dir", "eval.reuse", "eval.round_per_seed", "eval.plots", "data.batch_size",
                   "data.eval_batch_size", "data.workers", "data.allow_any_shots", "data.on_corrupt")
 def few_shot(

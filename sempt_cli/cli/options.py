@@ -17,23 +17,18 @@ from typing import Annotated, Any, Optional
 import typer
 
 from sempt_cli.errors import SettingsError
-from sempt_cli.settings import ResolvedSettings, SettingField, iter_fields, load_settings
+from sempt_cli.settings import (
+    CORE_SECTIONS,
+    ResolvedSettings,
+    SettingField,
+    iter_fields,
+    load_settings,
+    section_title,
+    sections,
+)
 
-_PANELS = {
-    "paths": "Paths",
-    "model": "Model",
-    "data": "Data",
-    "sempt": "SemPT",
-    "train": "Training",
-    "prompts": "Prompts",
-    "promptsrc": "PromptSRC",
-    "promptkd": "PromptKD",
-    "mmrl": "MMRL",
-    "dpt": "DPT",
-    "restore": "RESTORE",
-    "llm": "LLM (gen-attributes)",
-    "eval": "Evaluation",
-}
+METHOD_SECTIONS = "@methods"
+"""Stands for every method's own settings section in `settings_options(...)` (they come from the registry)."""
 
 
 def _option_for(field: SettingField) -> inspect.Parameter:
@@ -41,11 +36,11 @@ def _option_for(field: SettingField) -> inspect.Parameter:
     if field.is_bool:
         flags = (f"--{field.flag_name}/--no-{field.flag_name}",)
         annotation: Any = Annotated[Optional[bool], typer.Option(*flags, help=help_text,  # noqa: UP045
-                                                                 rich_help_panel=_PANELS[field.section],
+                                                                 rich_help_panel=section_title(field.section),
                                                                  show_default=False)]
     else:
         annotation = Annotated[Optional[str], typer.Option(field.flag, help=help_text,  # noqa: UP045
-                                                           rich_help_panel=_PANELS[field.section],
+                                                           rich_help_panel=section_title(field.section),
                                                            show_default=False, metavar="VALUE")]
     return inspect.Parameter(
         f"opt__{field.section}__{field.name}", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
@@ -96,9 +91,15 @@ def resolve_from_options(options: Mapping[str, Any]) -> ResolvedSettings:
     return load_settings(overrides_from_options(options), config_file=options.get("opt__config"))
 
 
+def sections_of_methods() -> list[str]:
+    """The settings sections that method plug-ins declared (PromptSRC's, MMRL's, a third-party method's ...)."""
+    return [name for name in sections() if name not in CORE_SECTIONS]
+
+
 def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command taking `options: dict` with generated flags for `sections` (a section, or
-    `section.field` for one setting of a section that otherwise does not apply).
+    `section.field` for one setting of a section that otherwise does not apply, or `METHOD_SECTIONS` for the
+    own sections of every registered method).
 
     The command receives the raw flag values as `options` and resolves them itself (it may need to pick a
     preset first, e.g. from `--method`), usually with `resolve_from_options(options, preset)`.
@@ -106,7 +107,10 @@ def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         own = inspect.signature(command, eval_str=True)
-        generated = [_option_for(field) for field in iter_fields(sections) if field.flag_name] + [_CONFIG_PARAM]
+        chosen = [name for name in sections if name != METHOD_SECTIONS]
+        if METHOD_SECTIONS in sections:
+            chosen += [name for name in sections_of_methods() if name not in chosen]
+        generated = [_option_for(field) for field in iter_fields(chosen) if field.flag_name] + [_CONFIG_PARAM]
         kept = [p for p in own.parameters.values() if p.name != "options"]
 
         @functools.wraps(command)

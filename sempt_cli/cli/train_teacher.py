@@ -9,12 +9,12 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from sempt_cli.cli.options import overrides_from_options, settings_options
+from sempt_cli.cli.options import METHOD_SECTIONS, overrides_from_options, settings_options
 from sempt_cli.cli.render import print_run
 from sempt_cli.errors import SettingsError
 
 
-@settings_options("paths", "model", "data", "train", "prompts", "promptsrc", "mmrl", "dpt", "restore")
+@settings_options("paths", "model", "data", "train", "prompts", METHOD_SECTIONS)
 def train_teacher(
     options: dict[str, Any],
     method: Annotated[

@@ -19,7 +19,7 @@ from torch import Tensor
 from sempt_cli.data.records import Sample
 from sempt_cli.data.subsample import split_base_new
 from sempt_cli.engine.runtime import Runtime
-from sempt_cli.methods.base import Method
+from sempt_cli.protocol import Method
 
 
 def harmonic_mean(base: float, novel: float) -> float:

@@ -31,7 +31,7 @@ from sempt_cli.engine.runtime import Runtime
 from sempt_cli.engine.schedule import epoch_learning_rate
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.io import atomic_open, atomic_write_json
-from sempt_cli.methods.base import Batch, LossOutput, Method
+from sempt_cli.protocol import Batch, LossOutput, Method
 from sempt_cli.settings import Settings
 
 STATE_FILE = "train-state.pt"

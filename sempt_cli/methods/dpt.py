@@ -41,19 +41,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Literal
 
 import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
 from sempt_cli.data.registry import get_dataset_info
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.base import Batch, LossOutput, Method, TrainingForward, register_method
-from sempt_cli.methods.promptsrc import CLASS_CHUNK, template_ensemble
+from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS, template_ensemble
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.prompted import (
@@ -64,18 +64,15 @@ from sempt_cli.models.prompted import (
     PromptedVisionTower,
     PromptSpec,
 )
-from sempt_cli.settings import Settings
+from sempt_cli.presets import Computed, PresetContext, Presets, Rule
+from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.settings import Settings, SettingsSection
 
 CACHED_CLASS_LISTS = 4
 """Class lists whose tokenised prompts / frozen / prompted text features are kept (train, base, novel, all)."""
 
 FEW_SHOT_60_EPOCHS = {"caltech101", "oxford_pets"}
 """Datasets whose 16-shot DPT run stops at 60 epochs instead of 100 (§IV-A)."""
-
-
-def _text_features(tower: PromptedTextTower, prompts: ClassPrompts) -> Tensor:
-    """Prompted text features in chunks of classes (bounded memory for ImageNet-size lists)."""
-    return torch.cat([tower(prompts.select(slice(i, i + CLASS_CHUNK))) for i in range(0, len(prompts), CLASS_CHUNK)])
 
 
 class ClassAwarePrompts(nn.Module):
@@ -185,11 +182,97 @@ def vision_blocks(backbone: str) -> int:
     return layers if isinstance(layers, int) else 12
 
 
+class DPTSettings(SettingsSection):
+    """DPT (dual-modality prompt tuning: text + visual prompts + class-aware visual prompts, `methods/dpt.py`).
+
+    Defaults are the paper's (§III, §IV-A); where the paper is silent, the official code's choice. Prompt lengths
+    and depths live in `prompts` (the method's preset sets the paper's 16 text / 10 visual tokens)."""
+
+    model_config = ConfigDict(title="DPT")
+    section = "dpt"
+
+    variant: Literal["vpt", "vlp", "dpt"] = Field(
+        "dpt", description="vpt = visual prompts only; vlp = text + visual prompts; dpt = vlp + class-aware visual "
+        "prompts.", json_schema_extra={"flag": "dpt-variant"},
+    )
+    cavpt_length: int = Field(
+        10, ge=1, description="K_N: class-aware prompts per CAVPT block, one per top-K_N zero-shot class, capped at "
+        "the number of candidate classes (§III-C; Table V: 10 is best).",
+    )
+    cavpt_layers: int = Field(
+        1, ge=1, description="CAVPT goes into the last N vision blocks, replacing the deep visual prompts there "
+        "(§IV-D top-down, Fig. 6; 1 = the last block only, the paper's choice).",
+    )
+    cavpt_attn_dim: int = Field(
+        32, ge=1, description="d_k of the cross-attention's query/key projections W_q, W_k (Eq. 6; the paper gives "
+        "no value, the official code uses 32).",
+    )
+    cavpt_detach: bool = Field(
+        True, description="No gradient from CAVPT's keys/values back into the visual tokens, as in the official code "
+        "(the paper is silent).",
+    )
+    aux_weight: float = Field(
+        0.3, ge=0.0, description="α, weight of the class-aware K-way cross-entropy L_ce^ca (Eq. 11; Table IV).",
+        json_schema_extra={"flag": "dpt-alpha"},
+    )
+    guidance_weight: float = Field(
+        0.1, ge=0.0, description="β: weight of VLP's own cross-entropy during the general-knowledge warm-up, "
+        "L = L_coop + L_vpt + β·L_ce + α·L_ce^ca (Eq. 12).", json_schema_extra={"flag": "dpt-beta"},
+    )
+    guidance_epochs: int = Field(
+        30, ge=0, description="Epochs of the general-knowledge warm-up (Eq. 12) for vlp and dpt: 30, 10 on ImageNet "
+        "(preset); 0 = off.", json_schema_extra={"flag": "dpt-guidance-epochs"},
+    )
+
+
+def _shots(settings: Settings) -> int:
+    """Shots of the recipe: the few-shot protocol's own; cross-domain is the paper's 1-shot domain generalisation;
+    base-to-novel and cross-dataset take the 16-shot recipe."""
+    return {"few-shot": settings.data.shots, "cross-domain": 1}.get(settings.data.setting, 16)
+
+
+def _demo_guidance(context: PresetContext) -> int:
+    """The general-knowledge warm-up shrunk in proportion to the demo's epochs."""
+    epochs = int(context.values["train.epochs"])
+    return max(1, round(int(context.values["dpt.guidance_epochs"]) * min(epochs, 10) / epochs))
+
+
+DPT_PRESETS = Presets(
+    Rule({"train.optimizer": "sgd", "train.lr": 0.01, "data.batch_size": 32, "train.warmup_epochs": 10,
+          "train.warmup_lr": 1e-5,
+          "train.epochs": Computed(lambda c: _epochs(c.settings.section(DPTSettings).variant, c.settings.data.dataset,
+                                                  _shots(c.settings))),
+          "prompts.vision_depth": Computed(lambda c: vision_blocks(c.backbone)), "prompts.vision_length": 10,
+          "prompts.text_depth": 1, "prompts.text_length": 16, "prompts.ctx_init": None, "data.subsample": "all"}),
+    Rule({"train.warmup_epochs": 1}, when={"data.dataset": "imagenet"}),
+    Rule({"prompts.text_depth": 0}, when={"dpt.variant": "vpt"}),
+    Rule({"data.subsample": "base"}, when={"data.setting": "base2novel"}),
+    Rule({"dpt.guidance_epochs": 30}, when={"dpt.variant": ("vlp", "dpt")}),
+    Rule({"dpt.guidance_epochs": 10}, when={"dpt.variant": ("vlp", "dpt"), "data.dataset": "imagenet"}),
+    Rule({"data.shots": Computed(lambda c: _shots(c.settings))},
+         when={"data.setting": ("base2novel", "cross-dataset", "cross-domain")}),
+    Rule({"dpt.guidance_epochs": Computed(_demo_guidance)},
+         when={"demo": True, "preset:dpt.guidance_epochs": lambda epochs: True}),
+    DEMO_BATCH_AND_CROPS,
+    Rule({"train.epochs": Computed(lambda c: min(int(c.values["train.epochs"]), 10)), "train.warmup_epochs": 1},
+         when={"demo": True}),
+)
+"""The paper's hyper-parameters (§IV-A; official `train_single.sh`, `configs/trainers/VPT/vit_b32_deep.yaml`).
+Few-shot is the paper's protocol; cross-domain is its domain generalisation (§IV-C: ImageNet, 1 shot);
+base-to-novel and cross-dataset are not in the paper and take the 16-shot few-shot recipe of the training
+dataset (ImageNet's for cross-dataset). The tiny demo CLIPs: CPU-sized batches, at most 10 epochs with the
+warm-up and the general-knowledge guidance shrunk in proportion; the prompt depth needs no change (visual
+prompts already go into every block the backbone has)."""
+
+
 @register_method
 class DPT(Method):
     """VPT / VLP / DPT (`dpt.variant`); see the module docstring."""
 
     name = "dpt"
+    title = "DPT"
+    options = DPTSettings
+    preset_table = DPT_PRESETS
     description = "Dual-modality prompt tuning: CoOp text + VPT-deep visual + class-aware visual prompts (TMM'23)."
     image_side_needs_classes = True
     settings_sections = ("prompts", "dpt")
@@ -198,7 +281,7 @@ class DPT(Method):
         self, clip: LoadedClip, train_classnames: Sequence[str], settings: Settings, cache: TensorCache | None = None
     ) -> None:
         super().__init__(train_classnames)
-        prompts, dpt = settings.prompts, settings.dpt
+        prompts, dpt = settings.prompts, settings.section(DPTSettings)
         self.clip = clip
         self.cache = cache
         self.variant = dpt.variant
@@ -266,7 +349,7 @@ class DPT(Method):
 
     def training_forward(self, batch: Batch) -> TrainingForward:
         labels = batch.labels
-        raw_text = _text_features(self.text, self.train_prompts) if self.text is not None else None
+        raw_text = self.text.encode(self.train_prompts) if self.text is not None else None
         text = F.normalize(raw_text, dim=-1) if raw_text is not None else self.frozen_text
         beta, guidance_epochs = self.guidance
         guided = guidance_epochs > 0 and batch.epoch <= guidance_epochs  # epoch 0: before training
@@ -358,43 +441,17 @@ class DPT(Method):
         assert self.text is not None
         prompts = self._prompts_for(classnames)
         if torch.is_grad_enabled():
-            return _text_features(self.text, prompts)
+            return self.text.encode(prompts)
         key = tuple(classnames)
         state = tuple((p.data_ptr(), p._version) for p in self.text.trainable_parameters())
         hit = self._prompted.get(key)
         if hit is not None and hit[0] == state:
             return hit[1]
-        features = _text_features(self.text, prompts).float()
+        features = self.text.encode(prompts).float()
         if key not in self._prompted and len(self._prompted) >= CACHED_CLASS_LISTS:
             self._prompted.pop(next(iter(self._prompted)))
         self._prompted[key] = (state, features)
         return features
-
-    # ------------------------------------------------------------------ presets
-    @classmethod
-    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
-        """The paper's hyper-parameters (§IV-A; official `train_single.sh`, `configs/trainers/VPT/vit_b32_deep.yaml`).
-
-        Few-shot is the paper's protocol; cross-domain is its domain generalisation (§IV-C: ImageNet, 1 shot);
-        base-to-novel and cross-dataset are not in the paper and take the 16-shot few-shot recipe of the training
-        dataset (ImageNet's for cross-dataset)."""
-        data, variant = settings.data, settings.dpt.variant
-        setting = data.setting
-        shots = {"few-shot": data.shots, "cross-domain": 1}.get(setting, 16)
-        imagenet = data.dataset == "imagenet"
-        preset: dict[str, Any] = {
-            "train.optimizer": "sgd", "train.lr": 0.01, "data.batch_size": 32,
-            "train.warmup_epochs": 1 if imagenet else 10, "train.warmup_lr": 1e-5,
-            "train.epochs": _epochs(variant, data.dataset, shots),
-            "prompts.vision_depth": vision_blocks(backbone), "prompts.vision_length": 10,
-            "prompts.text_depth": 0 if variant == "vpt" else 1, "prompts.text_length": 16, "prompts.ctx_init": None,
-            "data.subsample": "base" if setting == "base2novel" else "all",
-        }
-        if variant != "vpt":
-            preset["dpt.guidance_epochs"] = 10 if imagenet else 30
-        if setting != "few-shot":
-            preset["data.shots"] = shots
-        return preset | _demo_overrides(backbone, preset)
 
 
 def _epochs(variant: str, dataset: str, shots: int) -> int:
@@ -408,18 +465,3 @@ def _epochs(variant: str, dataset: str, shots: int) -> int:
     if variant == "dpt" and shots == 16 and dataset in FEW_SHOT_60_EPOCHS:
         return 60
     return 60 if shots == 1 else 100
-
-
-def _demo_overrides(backbone: str, preset: Mapping[str, Any]) -> dict[str, Any]:
-    """The tiny demo CLIPs: CPU-sized batches, at most 10 epochs with the warm-up and the general-knowledge
-    guidance shrunk in proportion, and crops that keep most of the 48-pixel picture (see promptsrc.demo_overrides).
-    The prompt depth needs no change: the preset already puts visual prompts in every block the backbone has."""
-    if not backbone.startswith("sempt-demo"):
-        return {}
-    epochs = int(preset["train.epochs"])
-    demo_epochs = min(epochs, 10)
-    out: dict[str, Any] = {"data.batch_size": 16, "data.crop_scale_min": 0.8, "train.epochs": demo_epochs,
-                           "train.warmup_epochs": 1}
-    if "dpt.guidance_epochs" in preset:
-        out["dpt.guidance_epochs"] = max(1, round(int(preset["dpt.guidance_epochs"]) * demo_epochs / epochs))
-    return out

@@ -33,16 +33,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
 from sempt_cli.data.records import prompt_name
 from sempt_cli.data.registry import get_dataset_info, label_space
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.base import Batch, Classifier, LossOutput, Method, TrainingForward, register_method
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
-from sempt_cli.settings import MMRLSettings, Settings
+from sempt_cli.presets import Computed, Presets, Rule
+from sempt_cli.protocol import Batch, Classifier, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.settings import Settings, SettingsSection
 
 REG_WEIGHTS: dict[str, float] = {
     "stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0, "oxford_flowers": 4.0,
@@ -52,9 +54,6 @@ REG_WEIGHTS: dict[str, float] = {
 
 WIDE_SPACE = {"eurosat": 2048}
 """d_r per dataset where it is not 512 (base-to-novel and few-shot only; spec §4.4)."""
-
-CLASS_CHUNK = 256
-"""Classes encoded per text forward; bounds memory for ImageNet-size class lists."""
 
 TOKEN_STD = 0.02
 
@@ -91,11 +90,77 @@ def _representation_hook(tokens: Sequence[Tensor], first_block: int) -> Any:
     return hook
 
 
+class MMRLSettings(SettingsSection):
+    """MMRL (CVPR 2025, spec/mmrl.md): a shared representation space projected into both encoders' upper blocks.
+
+    The per-dataset regularisation weight and EuroSAT's wider space come from the method's preset (the official
+    `trainers/config.py` table), so these defaults are the official fallbacks."""
+
+    model_config = ConfigDict(title="MMRL")
+    section = "mmrl"
+
+    alpha: float = Field(
+        0.7, ge=0.0, le=1.0,
+        description="Weight of the class-token head, in the loss and in the fused logits (1−α: representation head).",
+        json_schema_extra={"flag": "mmrl-alpha"},
+    )
+    reg_weight: float = Field(
+        1.0, ge=0.0,
+        description="λ of the cosine regularisers towards frozen CLIP (preset: the official per-dataset value).",
+    )
+    rep_dim: int = Field(512, ge=1, description="Width d_r of the shared representation space (preset: EuroSAT 2048).")
+    num_tokens: int = Field(5, ge=1, description="K representation tokens.", json_schema_extra={"flag": "rep-tokens"})
+    start_layer: int = Field(
+        6, ge=1, description="1-based block the tokens enter (official REP_LAYERS 6..12: after 5 untouched blocks).",
+        json_schema_extra={"flag": "rep-start-layer"},
+    )
+    logit_scale: float = Field(
+        100.0, gt=0.0, description="Fixed logit scale (the official code hard-codes 100).",
+        json_schema_extra={"flag": "mmrl-logit-scale"},
+    )
+
+
+def _imagenet(dataset: str) -> bool:
+    return label_space(dataset) == "imagenet"
+
+
+def _in_domain(setting: str) -> bool:
+    return setting not in {"cross-dataset", "cross-domain"}
+
+
+MMRL_PRESETS = Presets(
+    Rule({"train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 5e-4, "train.warmup_epochs": 1,
+          "train.warmup_lr": 1e-5, "data.crop_scale_min": 0.5, "data.shots": 16,
+          "mmrl.reg_weight": Computed(lambda c: REG_WEIGHTS.get(label_space(c.settings.data.dataset), 1.0)),
+          "mmrl.rep_dim": Computed(lambda c: WIDE_SPACE.get(label_space(c.settings.data.dataset), 512))}),
+    Rule({"data.batch_size": 32, "train.epochs": 1, "train.warmup_epochs": 0, "data.subsample": "all",
+          "mmrl.reg_weight": 0.2, "mmrl.rep_dim": 512}, when={"data.setting": ("cross-dataset", "cross-domain")}),
+    Rule({"data.batch_size": 32, "train.epochs": 5, "data.subsample": "base"},
+         when={"data.setting": "base2novel", "data.dataset": _imagenet}),
+    Rule({"data.batch_size": 32, "train.epochs": 5, "data.subsample": "all"},
+         when={"data.setting": "few-shot", "data.dataset": _imagenet}),
+    Rule({"data.batch_size": 32, "train.epochs": 50, "data.subsample": "all"},
+         when={"data.setting": "few-shot", "data.dataset": lambda dataset: not _imagenet(dataset)}),
+    Rule({"data.batch_size": 4, "train.epochs": 10, "data.subsample": "base"},
+         when={"data.setting": "base2novel", "data.dataset": lambda dataset: not _imagenet(dataset)}),
+    Rule({"model.backbone": DEMO_STUDENT, "mmrl.start_layer": 2, "data.batch_size": 16, "data.crop_scale_min": 0.8,
+          "train.epochs": Computed(lambda c: min(10, int(c.values["train.epochs"])))}, when={"demo": True}),
+)
+"""The official configs (spec §4.3–4.4): AdamW 1e-3, wd 5e-4, one warm-up epoch at 1e-5, crops ≥ 50 %, the
+per-dataset λ and d_r; ImageNet 5 epochs at batch 32. The demo world's stand-in for ViT-B/16 is the demo student
+(4 vision / 3 text blocks): the tokens enter at block 2 (the official 6 of 12 leaves half the blocks untouched;
+3 text blocks leave room for one), with CPU-sized batches and crops that keep the pictures' size and position
+attributes (see `methods.common`)."""
+
+
 @register_method
 class MMRL(Method):
     """Shared representation tokens in both encoders, class and representation heads, decoupled inference."""
 
     name = "mmrl"
+    title = "MMRL"
+    options = MMRLSettings
+    preset_table = MMRL_PRESETS
     settings_sections = ("mmrl",)
     description = "Multi-modal representation learning: shared space projected into upper blocks (CVPR'25)."
 
@@ -103,7 +168,7 @@ class MMRL(Method):
         self, clip: LoadedClip, train_classnames: Sequence[str], settings: Settings, cache: TensorCache | None = None
     ) -> None:
         super().__init__(train_classnames)
-        config = settings.mmrl
+        config = settings.section(MMRLSettings)
         self.backbone = clip.model
         self.backbone.requires_grad_(False)
         self.vision = PromptedVisionTower(self.backbone.visual)
@@ -139,8 +204,7 @@ class MMRL(Method):
         hooks = () if tokens is None else (_representation_hook(tokens, self.first_block),)
         shift = 0 if tokens is None else self.num_tokens
         pieces = []
-        for start in range(0, len(prompts), CLASS_CHUNK):
-            chunk = prompts.select(slice(start, start + CLASS_CHUNK))
+        for chunk in prompts.chunks():
             out = self.text.forward_features(chunk, before_block=hooks)
             pieces.append(self.text.pool(out.tokens, chunk.eot_index + shift))
         return torch.cat(pieces)
@@ -221,35 +285,3 @@ class MMRL(Method):
             {"ce_r": float(rep_ce.detach()), "cos_i": float(image_reg.detach()), "cos_t": float(text_reg.detach())},
         )
         return TrainingForward(image, text, class_head, extra)
-
-    @classmethod
-    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
-        """The official configs (spec §4.3–4.4): AdamW 1e-3, wd 5e-4, one warm-up epoch at 1e-5, crops ≥ 50 %."""
-        setting, dataset = settings.data.setting, label_space(settings.data.dataset)
-        imagenet = dataset == "imagenet"
-        preset: dict[str, Any] = {
-            "train.optimizer": "adamw", "train.lr": 1e-3, "train.weight_decay": 5e-4, "train.warmup_epochs": 1,
-            "train.warmup_lr": 1e-5, "data.crop_scale_min": 0.5, "data.shots": 16,
-            "mmrl.reg_weight": REG_WEIGHTS.get(dataset, 1.0), "mmrl.rep_dim": WIDE_SPACE.get(dataset, 512),
-        }
-        if setting in {"cross-dataset", "cross-domain"}:
-            preset |= {"data.batch_size": 32, "train.epochs": 1, "train.warmup_epochs": 0, "data.subsample": "all",
-                       "mmrl.reg_weight": 0.2, "mmrl.rep_dim": 512}
-        elif imagenet:
-            preset |= {"data.batch_size": 32, "train.epochs": 5,
-                       "data.subsample": "all" if setting == "few-shot" else "base"}
-        elif setting == "few-shot":
-            preset |= {"data.batch_size": 32, "train.epochs": 50, "data.subsample": "all"}
-        else:
-            preset |= {"data.batch_size": 4, "train.epochs": 10, "data.subsample": "base"}
-        return preset | mmrl_demo_overrides(backbone, preset)
-
-
-def mmrl_demo_overrides(backbone: str, preset: dict[str, Any]) -> dict[str, Any]:
-    """The demo world's stand-in for ViT-B/16 is the demo student (4 vision / 3 text blocks): the tokens enter
-    at block 2 (the official 6 of 12 leaves half the blocks untouched; 3 text blocks leave room for one), with
-    CPU-sized batches and crops that keep the pictures' size and position attributes (see `demo_overrides`)."""
-    if not backbone.startswith("sempt-demo"):
-        return {}
-    return {"model.backbone": DEMO_STUDENT, "mmrl.start_layer": 2, "data.batch_size": 16,
-            "data.crop_scale_min": 0.8, "train.epochs": min(10, int(preset["train.epochs"]))}

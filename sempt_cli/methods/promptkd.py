@@ -18,19 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.base import Batch, LossOutput, Method, TrainingForward, contiguous_block, register_method
-from sempt_cli.methods.promptsrc import demo_overrides
+from sempt_cli.methods.common import IVLP_DEMO_RULES
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.prompted import PromptedVisionTower, PromptSpec
-from sempt_cli.settings import Settings
+from sempt_cli.presets import Presets, Rule
+from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, contiguous_block, register_method
+from sempt_cli.settings import Settings, SettingsSection
 
 
 @dataclass
@@ -69,11 +70,40 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     return kl * temperature**2 / student_logits.numel()
 
 
+class PromptKDSettings(SettingsSection):
+    """PromptKD distillation (official scripts: KD weight 1000, temperature 1) and the teacher-side caches."""
+
+    model_config = ConfigDict(title="PromptKD")
+    section = "promptkd"
+
+    kd_weight: float = Field(1000.0, ge=0.0, description="Weight of the KD loss (scripts: 1000; see docs).")
+    kd_temperature: float = Field(1.0, gt=0.0, description="Distillation temperature τ.")
+    teacher_cache_gb: float = Field(
+        20.0, ge=0.0, description="Disk budget for cached teacher image features; beyond it they are computed live."
+    )
+    recompute_teacher: bool = Field(
+        False, description="Reference mode: run the teacher's image and text encoders every step, as the official code."
+    )
+
+
+PROMPTKD_PRESETS = Presets(
+    Rule({"train.epochs": 20, "train.lr": 0.005, "data.batch_size": 8, "data.shots": 0, "data.subsample": "all",
+          "prompts.vision_depth": 9, "prompts.vision_length": 4}),
+    Rule({"prompts.vision_depth": 3}, when={"data.setting": ("cross-dataset", "cross-domain")}),
+    *IVLP_DEMO_RULES,
+)
+"""Official PromptKD configs (§3.4): all training images of all classes, unlabelled; batch 8, lr 0.005."""
+
+
 @register_method
 class PromptKD(Method):
     """Student visual prompts + projector distilled from a prompted teacher's logits."""
 
     name = "promptkd"
+    title = "PromptKD"
+    role = "student"
+    options = PromptKDSettings
+    preset_table = PROMPTKD_PRESETS
     settings_sections = ("prompts", "promptkd")
     supervised = False
     description = "Unsupervised prompt distillation from a PromptSRC teacher (CVPR'24)."
@@ -100,8 +130,9 @@ class PromptKD(Method):
             teacher_dim = int(teacher.class_vectors().shape[1])
         self.projector = FeatureProjector(student_dim, teacher_dim).to(next(self.backbone.parameters()).device)
         self.teacher = teacher
-        self.kd_weight = settings.promptkd.kd_weight
-        self.temperature = settings.promptkd.kd_temperature
+        own = settings.section(PromptKDSettings)
+        self.kd_weight = own.kd_weight
+        self.temperature = own.kd_temperature
         self.classnames = list(train_classnames)
 
     def logit_scale(self) -> Tensor:
@@ -133,13 +164,3 @@ class PromptKD(Method):
     def on_epoch_start(self, epoch: int) -> None:
         if self.teacher is not None and self.teacher.on_epoch_start is not None:
             self.teacher.on_epoch_start(epoch)
-
-    @classmethod
-    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
-        """Official PromptKD configs (§3.4): all training images of all classes, unlabelled; batch 8, lr 0.005."""
-        cross = settings.data.setting in {"cross-dataset", "cross-domain"}
-        preset: dict[str, Any] = {
-            "train.epochs": 20, "train.lr": 0.005, "data.batch_size": 8, "data.shots": 0, "data.subsample": "all",
-            "prompts.vision_depth": 3 if cross else 9, "prompts.vision_length": 4,
-        }
-        return preset | demo_overrides(backbone, preset)

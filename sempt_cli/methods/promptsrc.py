@@ -21,43 +21,58 @@ Deliberate differences from the official code, each numerically negligible and d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field
 from torch import Tensor
 
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.schedule import gaussian_aggregation_weights
-from sempt_cli.methods.base import Batch, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.methods.common import IVLP_DEMO_RULES, template_ensemble
 from sempt_cli.methods.templates import IMAGENET_TEMPLATES
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
-from sempt_cli.settings import Settings
+from sempt_cli.presets import Presets, Rule
+from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.settings import Settings, SettingsSection
 
 FEW_SHOT_NARROW_GPA = {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
 """Datasets whose official PromptSRC few-shot config uses GPA μ=45, σ=5 (the others use 30/30)."""
 
-CLASS_CHUNK = 256
-"""Classes encoded per text forward; bounds memory for ImageNet-size class lists."""
+
+class PromptSRCSettings(SettingsSection):
+    """PromptSRC's self-regulating losses and Gaussian prompt aggregation (official values)."""
+
+    model_config = ConfigDict(title="PromptSRC")
+    section = "promptsrc"
+
+    text_loss_weight: float = Field(25.0, ge=0.0, description="Weight of the L1 text-feature consistency loss.")
+    image_loss_weight: float = Field(10.0, ge=0.0, description="Weight of the L1 image-feature consistency loss.")
+    logits_loss_weight: float = Field(1.0, ge=0.0, description="Weight of the KL logit consistency loss.")
+    gpa_mean: float = Field(15.0, description="Mean (epoch) of the Gaussian prompt aggregation.")
+    gpa_std: float = Field(1.0, gt=0.0, description="Standard deviation (epochs) of the Gaussian aggregation.")
 
 
-def _text_features(tower: PromptedTextTower, prompts: ClassPrompts, chunk: int = CLASS_CHUNK) -> Tensor:
-    return torch.cat([tower(prompts.select(slice(i, i + chunk))) for i in range(0, len(prompts), chunk)])
-
-
-def template_ensemble(clip: LoadedClip, classnames: Sequence[str], templates: Sequence[str]) -> Tensor:
-    """Frozen text features per class, averaged over templates *before* normalising (official quirk, §5.6)."""
-    frozen = PromptedTextTower(clip.model, PromptSpec(0), ctx_init=None, tokenizer=clip.tokenizer)
-    names = [name.replace("_", " ") for name in classnames]
-    total: Tensor | None = None
-    with torch.no_grad():
-        for template in templates:
-            features = _text_features(frozen, frozen.build_prompts([template.format(n) for n in names])).float()
-            total = features if total is None else total + features
-    assert total is not None
-    return total / len(templates)
+PROMPTSRC_PRESETS = Presets(
+    Rule({"train.epochs": 20, "train.lr": 0.0025, "data.batch_size": 4,
+          "prompts.vision_depth": 9, "prompts.text_depth": 9, "prompts.vision_length": 4, "prompts.text_length": 4,
+          "prompts.ctx_init": "a photo of a", "promptsrc.gpa_mean": 15.0, "promptsrc.gpa_std": 1.0,
+          "data.shots": 16, "data.subsample": "base"}),
+    Rule({"prompts.vision_depth": 3, "prompts.text_depth": 3, "promptsrc.gpa_mean": 6.0, "promptsrc.gpa_std": 10.0,
+          "data.subsample": "all"}, when={"data.setting": ("cross-dataset", "cross-domain")}),
+    Rule({"train.epochs": 50, "data.subsample": "all", "promptsrc.gpa_mean": 30.0, "promptsrc.gpa_std": 30.0},
+         when={"data.setting": "few-shot"}),
+    Rule({"promptsrc.gpa_mean": 45.0, "promptsrc.gpa_std": 5.0},
+         when={"data.setting": "few-shot", "data.dataset": FEW_SHOT_NARROW_GPA}),
+    Rule({"train.lr": 0.005, "data.batch_size": 8}, when={"backbone": "L-14"}),
+    Rule({"promptsrc.gpa_mean": 7.5}, when={"demo": True, "preset:train.epochs": lambda epochs: epochs > 10}),
+    *IVLP_DEMO_RULES,
+)
+"""Official PromptSRC configs (§2.5); the L/14 teacher config doubles batch and lr. On the demo CLIPs
+(`IVLP_DEMO_RULES`) GPA is centred at 3/4 of the 10 epochs, as 15 of 20."""
 
 
 @register_method
@@ -65,6 +80,10 @@ class PromptSRC(Method):
     """Deep vision+text prompts with self-regulating constraints and Gaussian prompt aggregation."""
 
     name = "promptsrc"
+    title = "PromptSRC"
+    role = "teacher"
+    options = PromptSRCSettings
+    preset_table = PROMPTSRC_PRESETS
     settings_sections = ("prompts", "promptsrc")
     description = "IVLP prompts + self-regulating consistency losses + Gaussian prompt aggregation (ICCV'23)."
     use_consistency: ClassVar[bool] = True
@@ -74,7 +93,7 @@ class PromptSRC(Method):
         self, clip: LoadedClip, train_classnames: Sequence[str], settings: Settings, cache: TensorCache | None = None
     ) -> None:
         super().__init__(train_classnames)
-        prompts, src = settings.prompts, settings.promptsrc
+        prompts, src = settings.prompts, settings.section(PromptSRCSettings)
         self.clip = clip
         self.weights = (src.text_loss_weight, src.image_loss_weight, src.logits_loss_weight)
         self.gpa = (src.gpa_mean, src.gpa_std)
@@ -100,7 +119,7 @@ class PromptSRC(Method):
         return F.normalize(self.vision(images), dim=-1)
 
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
-        return F.normalize(_text_features(self.text, self._prompts_for(classnames)), dim=-1)
+        return F.normalize(self.text.encode(self._prompts_for(classnames)), dim=-1)
 
     def _prompts_for(self, classnames: Sequence[str]) -> ClassPrompts:
         """Tokenised prompts, built once per class list (tokenising 1000 names costs ~40 ms per call)."""
@@ -180,49 +199,13 @@ class PromptSRC(Method):
         tensors, _ = cache.get_or_compute("template-ensemble", inputs, compute)
         return tensors["features"].to(next(clip.model.parameters()).device)
 
-    @classmethod
-    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
-        """Official PromptSRC configs (§2.5); the L/14 teacher config doubles batch and lr."""
-        setting = settings.data.setting
-        preset: dict[str, Any] = {
-            "train.epochs": 20, "train.lr": 0.0025, "data.batch_size": 4,
-            "prompts.vision_depth": 9, "prompts.text_depth": 9, "prompts.vision_length": 4,
-            "prompts.text_length": 4, "prompts.ctx_init": "a photo of a",
-            "promptsrc.gpa_mean": 15.0, "promptsrc.gpa_std": 1.0,
-            "data.shots": 16, "data.subsample": "base",
-        }
-        if setting in {"cross-dataset", "cross-domain"}:
-            preset |= {"prompts.vision_depth": 3, "prompts.text_depth": 3, "promptsrc.gpa_mean": 6.0,
-                       "promptsrc.gpa_std": 10.0, "data.subsample": "all"}
-        elif setting == "few-shot":
-            narrow = settings.data.dataset in FEW_SHOT_NARROW_GPA
-            preset |= {"train.epochs": 50, "data.subsample": "all",
-                       "promptsrc.gpa_mean": 45.0 if narrow else 30.0, "promptsrc.gpa_std": 5.0 if narrow else 30.0}
-        if "L-14" in backbone:
-            preset |= {"train.lr": 0.005, "data.batch_size": 8}
-        return preset | demo_overrides(backbone, preset)
-
-
-def demo_overrides(backbone: str, preset: Mapping[str, Any]) -> dict[str, Any]:
-    """The tiny demo CLIPs have 6/4 (teacher) and 4/3 (student) blocks: keep the official depth *ratio*
-    (9 of 12 layers) instead of a depth they do not have, and use CPU-friendly batches. Their 48-pixel
-    pictures carry object size and position as attributes, which crops down to 8% of the area destroy
-    (the demo CLIPs were pre-trained with small shifts only), so the demo crops keep most of the picture."""
-    if not backbone.startswith("sempt-demo"):
-        return {}
-    out: dict[str, Any] = {"data.batch_size": 16, "train.lr": 0.01, "data.crop_scale_min": 0.8}
-    if preset.get("prompts.vision_depth", 0) > 3:
-        out |= {"prompts.vision_depth": 4, "prompts.text_depth": 3}
-    if preset.get("train.epochs", 0) > 10:
-        out |= {"train.epochs": 10, "promptsrc.gpa_mean": 7.5}  # GPA centred at 3/4 of training, as 15 of 20
-    return out
-
 
 @register_method
 class IVLP(PromptSRC):
     """Independent vision-language prompting: PromptSRC's prompts trained with cross-entropy alone."""
 
     name = "ivlp"
+    title = "IVLP"
     description = "Deep vision+text prompts, cross-entropy only (the IVLP baseline of PromptSRC)."
     use_consistency = False
     use_aggregation = False
@@ -233,13 +216,11 @@ class CoOp(IVLP):
     """Text context only (CoOp): 16 learnable context tokens at the input, frozen image encoder."""
 
     name = "coop"
+    title = "CoOp"
     description = "Learnable text context at the input layer only (IJCV'22)."
-
-    @classmethod
-    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
-        preset = super().presets(settings, backbone)
-        return preset | {"prompts.vision_depth": 0, "prompts.text_depth": 1, "prompts.text_length": 16,
-                         "prompts.ctx_init": None}
+    preset_table = PROMPTSRC_PRESETS.extended(Rule(
+        {"prompts.vision_depth": 0, "prompts.text_depth": 1, "prompts.text_length": 16, "prompts.ctx_init": None}
+    ))
 
 
 @register_method
@@ -247,9 +228,6 @@ class VPT(IVLP):
     """Deep visual prompts only (VPT-deep), class names through the frozen text encoder."""
 
     name = "vpt"
+    title = "VPT"
     description = "Deep visual prompt tuning; text side is frozen CLIP with the 'a photo of a' template."
-
-    @classmethod
-    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
-        preset = super().presets(settings, backbone)
-        return preset | {"prompts.text_depth": 0, "prompts.vision_length": 10}
+    preset_table = PROMPTSRC_PRESETS.extended(Rule({"prompts.text_depth": 0, "prompts.vision_length": 10}))

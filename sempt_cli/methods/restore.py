@@ -57,18 +57,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
 from sempt_cli.engine.cache import TensorCache
-from sempt_cli.methods.base import Batch, LossOutput, TrainingForward, register_method
-from sempt_cli.methods.promptsrc import CLASS_CHUNK, IVLP, demo_overrides
+from sempt_cli.methods.common import IVLP_DEMO_RULES
+from sempt_cli.methods.promptsrc import IVLP
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
-from sempt_cli.settings import Settings
+from sempt_cli.presets import Presets, Rule
+from sempt_cli.protocol import Batch, LossOutput, TrainingForward, register_method
+from sempt_cli.settings import Settings, SettingsSection
 
 
 def _safe_sqrt(x: Tensor) -> Tensor:
@@ -160,11 +163,76 @@ def _recorder(inputs: list[Tensor]) -> Callable[[int, Tensor], None]:
     return record
 
 
+class RestoreSettings(SettingsSection):
+    """RESTORE (feature-shift consistency + feature-shift-guided surgery adapters) on IVLP deep prompts.
+
+    The paper leaves the reference of the shift, its normalisation, the adapter width and γ/β open; every such
+    choice is a field here, defaulting to the reading `methods/restore.py` documents."""
+
+    model_config = ConfigDict(title="RESTORE")
+    section = "restore"
+
+    fs_weight: float = Field(1.0, ge=0.0, description="λ_fs, weight of the feature-shift consistency loss.")
+    gamma: float = Field(
+        0.1, ge=0.0, description="γ: the image surgery coefficient is α_v = γ · Σ_l Norm(Ω_l^v) (paper: unstated).",
+        json_schema_extra={"flag": "restore-gamma"},
+    )
+    beta: float = Field(
+        0.1, ge=0.0, description="β: the text surgery coefficient is α_t = β · Σ_l Norm(Ω_l^t) (paper: unstated).",
+        json_schema_extra={"flag": "restore-beta"},
+    )
+    surgery: bool = Field(
+        True, description="Apply the shift-guided surgery adapters (--no-surgery: feature-shift loss only).",
+        json_schema_extra={"flag": "surgery"},
+    )
+    surgery_ratio: float = Field(
+        4.0, gt=0.0, description="Hidden width of W_up as a multiple of the embedding width (official code: 4×).",
+    )
+    surgery_zero_init: bool = Field(
+        True, description="Start W_down at zero so that training starts from plain IVLP (else PyTorch's default).",
+    )
+    detach_alpha: bool = Field(
+        True, description="Treat α_v/α_t as measured coefficients (no gradient from the surgery into the shift).",
+    )
+    shift_reference: Literal["frozen", "block"] = Field(
+        "frozen", description="What a prompted block output is compared with: frozen = the same layer of the tower "
+        "run without prompts (deviation from pre-trained CLIP); block = the same block run on the same input with "
+        "the prompt tokens removed (Eq. 6 taken literally, a per-block increment).",
+    )
+    shift_norm: Literal["relative", "rms", "frobenius"] = Field(
+        "relative", description="Norm(Ω_l) per image / class: relative = ‖Ω_l‖_F / ‖reference‖_F; rms = ‖Ω_l‖_F / "
+        "√tokens; frobenius = ‖Ω_l‖_F as written (grows with sequence length and width).",
+    )
+    fs_pairing: Literal["modality-mean", "label"] = Field(
+        "modality-mean", description="L_fs per layer: modality-mean = (mean over images − mean over classes)²; "
+        "label = mean over images of (image shift − its label's class shift)².",
+    )
+
+
+RESTORE_PRESETS = Presets(
+    Rule({"train.epochs": 10, "train.lr": 0.0035, "data.batch_size": 4,
+          "prompts.vision_depth": 9, "prompts.text_depth": 9, "prompts.vision_length": 4, "prompts.text_length": 4,
+          "prompts.ctx_init": "a photo of a", "restore.fs_weight": 1.0, "data.shots": 16, "data.subsample": "base"}),
+    Rule({"train.epochs": 4, "prompts.vision_depth": 3, "prompts.text_depth": 3, "data.subsample": "all"},
+         when={"data.setting": ("cross-dataset", "cross-domain")}),
+    Rule({"train.epochs": 50, "data.subsample": "all"}, when={"data.setting": "few-shot"}),
+    Rule({"train.lr": 0.007, "data.batch_size": 8}, when={"backbone": "L-14"}),
+    *IVLP_DEMO_RULES,
+)
+"""The paper's §4.1 values (SGD, lr 0.0035, batch 4, 10 epochs base-to-novel, 4 cross-dataset/domain, λ_fs = 1,
+"a photo of a"); PromptSRC's where it is silent: prompt depth 9 (3 across datasets/domains), 4 tokens per layer,
+50 few-shot epochs, and its L/14 rule of doubling batch and lr."""
+
+
 @register_method
 class Restore(IVLP):
     """IVLP prompts + feature-shift consistency loss + shift-guided surgery adapters; see the module docstring."""
 
     name = "restore"
+    title = "RESTORE"
+    role = "baseline"
+    options = RestoreSettings
+    preset_table = RESTORE_PRESETS
     settings_sections = ("prompts", "restore")
     description = "IVLP prompts + cross-modal feature-shift consistency + shift-guided surgery adapters (ECCV'24)."
 
@@ -172,7 +240,7 @@ class Restore(IVLP):
         self, clip: LoadedClip, train_classnames: Sequence[str], settings: Settings, cache: TensorCache | None = None
     ) -> None:
         super().__init__(clip, train_classnames, settings, cache)
-        self.hyper = settings.restore
+        self.hyper = settings.section(RestoreSettings)
         self.reference_vision = PromptedVisionTower(self.backbone.visual, PromptSpec(0))
         self.reference_text = PromptedTextTower(self.backbone, PromptSpec(0), ctx_init=None, tokenizer=clip.tokenizer)
         dim = int(self.backbone.visual.output_dim)
@@ -228,8 +296,7 @@ class Restore(IVLP):
     def encode_text(self, prompts: ClassPrompts) -> Encoded:
         """Prompted class features, Norm(Ω_l^t) per class over its tokens after the context slots up to EOT, α_t
         and the text surgery; classes in chunks as PromptSRC's text features."""
-        pieces = [self._encode_text_chunk(prompts.select(slice(i, i + CLASS_CHUNK)))
-                  for i in range(0, len(prompts), CLASS_CHUNK)]
+        pieces = [self._encode_text_chunk(chunk) for chunk in prompts.chunks()]
         features = torch.cat([p[0] for p in pieces])
         shifts = torch.cat([p[1] for p in pieces])
         return self._apply_surgery(features, shifts, self.hyper.beta, self.text_surgery)
@@ -267,25 +334,3 @@ class Restore(IVLP):
         if self.hyper.surgery:
             features = surgery(features, alpha)
         return Encoded(features, shifts, alpha)
-
-    # ------------------------------------------------------------------ presets
-    @classmethod
-    def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
-        """The paper's §4.1 values (SGD, lr 0.0035, batch 4, 10 epochs base-to-novel, 4 cross-dataset/domain,
-        λ_fs = 1, "a photo of a"); PromptSRC's where it is silent: prompt depth 9 (3 across datasets/domains),
-        4 tokens per layer, 50 few-shot epochs, and its L/14 rule of doubling batch and lr."""
-        setting = settings.data.setting
-        preset: dict[str, Any] = {
-            "train.epochs": 10, "train.lr": 0.0035, "data.batch_size": 4,
-            "prompts.vision_depth": 9, "prompts.text_depth": 9, "prompts.vision_length": 4,
-            "prompts.text_length": 4, "prompts.ctx_init": "a photo of a", "restore.fs_weight": 1.0,
-            "data.shots": 16, "data.subsample": "base",
-        }
-        if setting in {"cross-dataset", "cross-domain"}:
-            preset |= {"train.epochs": 4, "prompts.vision_depth": 3, "prompts.text_depth": 3, "data.subsample": "all"}
-        elif setting == "few-shot":
-            preset |= {"train.epochs": 50, "data.subsample": "all"}
-        if "L-14" in backbone:
-            preset |= {"train.lr": 0.007, "data.batch_size": 8}
-        demo = {k: v for k, v in demo_overrides(backbone, preset).items() if not k.startswith("promptsrc.")}
-        return preset | demo

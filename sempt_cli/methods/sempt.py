@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.base import Batch, Classifier, LossOutput, Method, contiguous_block
 from sempt_cli.models.checkpoint import check_state
+from sempt_cli.protocol import Batch, Classifier, LossOutput, Method, contiguous_block
 from sempt_cli.settings import SemptHyperParameters
 
 STATE_PREFIX = "sempt."

@@ -13,9 +13,9 @@ from torch import Tensor
 from sempt_cli.data.records import prompt_name
 from sempt_cli.data.registry import get_dataset_info
 from sempt_cli.engine.cache import TensorCache
-from sempt_cli.methods.base import Method, register_method
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.prompted import PromptedTextTower, PromptSpec
+from sempt_cli.protocol import Method, register_method
 from sempt_cli.settings import Settings
 
 
@@ -24,6 +24,8 @@ class ZeroShotCLIP(Method):
     """Frozen CLIP, class embeddings from `template.format(name)`."""
 
     name = "zeroshot"
+    title = "CLIP"
+    role = "zero-shot"
     supervised = False
     description = "Frozen CLIP with the dataset's hand-written prompt template (no training)."
 

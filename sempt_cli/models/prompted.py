@@ -30,7 +30,7 @@ Extension points, for methods that need more than IVLP:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -47,6 +47,10 @@ BlockHook = Callable[[int, Tensor], Tensor | None]
 Tokenizer = Callable[..., Tensor]
 
 PROMPT_STD = 0.02
+
+
+CLASS_CHUNK = 256
+"""Classes per text forward; bounds memory for ImageNet-size class lists."""
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,13 @@ class ClassPrompts(nn.Module):
         length = int(eot.max()) + 1 if eot.numel() else 1
         return ClassPrompts(self.token_ids[idx], eot, self.embeddings[idx, :length], self.n_ctx, texts)
 
+    def chunks(self, size: int | None = None) -> Iterator[ClassPrompts]:
+        """The prompts in consecutive chunks of `size` classes (default `CLASS_CHUNK`): how every text encoder
+        bounds its memory for ImageNet-size class lists."""
+        size = size or CLASS_CHUNK
+        for start in range(0, len(self), size):
+            yield self.select(slice(start, start + size))
+
     def embeddings_upto(self, length: int, token_embedding: nn.Module) -> Tensor:
         if length <= self.embeddings.shape[1]:
             return self.embeddings[:, :length]
@@ -492,6 +503,10 @@ class PromptedTextTower(_PromptedTower):
     def forward(self, prompts: ClassPrompts | Tensor) -> Tensor:
         """Unnormalised text features, like `model.encode_text(token_ids)` at depth 0."""
         return self.forward_features(prompts).features
+
+    def encode(self, prompts: ClassPrompts) -> Tensor:
+        """Unnormalised text features of any number of classes, encoded in class chunks."""
+        return torch.cat([self(chunk) for chunk in prompts.chunks()])
 
 
 def _text_tower_parts(model: nn.Module) -> dict[str, object]:

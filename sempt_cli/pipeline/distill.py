@@ -29,8 +29,7 @@ from sempt_cli.engine.trainer import Trainer
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
 from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
 from sempt_cli.methods import get_method, supervised_method_names
-from sempt_cli.methods.base import Batch, Method
-from sempt_cli.methods.promptkd import TeacherSignals
+from sempt_cli.methods.promptkd import PromptKDSettings, TeacherSignals
 from sempt_cli.models.checkpoint import load_learned, save_learned
 from sempt_cli.models.factory import DEMO_STUDENT
 from sempt_cli.models.identity import backbone_identity
@@ -47,6 +46,7 @@ from sempt_cli.pipeline.teacher import (
     run_key,
     run_sections,
 )
+from sempt_cli.protocol import Batch, Method
 from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 
@@ -171,11 +171,12 @@ def _teacher_signals(
     def live_images(batch: Batch) -> torch.Tensor:
         return teacher.image_embeddings(batch.images)
 
-    if settings.promptkd.recompute_teacher:
+    own = settings.section(PromptKDSettings)
+    if own.recompute_teacher:
         teacher.text.truncate = False  # the official per-step cost: all 77 positions (features equal up to rounding)
         return TeacherSignals(lambda: teacher.class_embeddings(classnames), live_images, scale), \
             "reference mode: teacher text and image encoders recomputed every step"
-    plan = plan_cache(len(dataset), int(vectors.shape[1]), settings.train.epochs, settings.promptkd.teacher_cache_gb)
+    plan = plan_cache(len(dataset), int(vectors.shape[1]), settings.train.epochs, own.teacher_cache_gb)
     views = [str(sample.path) for sample in dataset.samples]
     key = stable_hash(teacher_sha, views, settings.data.seed, transform_signature(dataset), length=20)
     cache = ViewFeatureCache(

@@ -38,7 +38,6 @@ from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.errors import DatasetError, SemptError, WeightsError
 from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
 from sempt_cli.methods import Method, get_method
-from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptkd import TeacherSignals
 from sempt_cli.models.checkpoint import LearnedCheckpoint, load_learned
 from sempt_cli.models.factory import LoadedClip
@@ -46,6 +45,7 @@ from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.sempt import INFERENCE_TITLES, VARIANT, SemptSource, apply_sempt, attribute_file
 from sempt_cli.pipeline.teacher import build_method, image_size, sidecar_settings
+from sempt_cli.protocol import Batch
 from sempt_cli.report.paper import BASE2NOVEL_DATASETS, DOMAIN_SHIFT_DATASETS
 from sempt_cli.report.records import (
     RECORD_FORMAT,

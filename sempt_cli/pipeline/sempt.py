@@ -24,10 +24,10 @@ from sempt_cli.data import DEMO_KEY
 from sempt_cli.data.registry import canonical_dataset_name, imagenet_rows, label_space
 from sempt_cli.errors import SemptError
 from sempt_cli.io import sha256_file
-from sempt_cli.methods.base import Method
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.factory import LoadedClip
+from sempt_cli.protocol import Method
 from sempt_cli.settings import Settings
 
 if TYPE_CHECKING:

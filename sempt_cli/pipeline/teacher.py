@@ -34,7 +34,7 @@ from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.data import PreparedData, prepare_data
 from sempt_cli.pipeline.sempt import VARIANT, SemptSource, apply_sempt, attribute_file
-from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_settings
+from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_settings, settings_model
 
 CHECKPOINT_NAME = "model"
 METRICS_FILE = "metrics.json"
@@ -191,7 +191,7 @@ def train_teacher(
 def sidecar_settings(meta: Mapping[str, Any], paths: PathSettings) -> Settings:
     """A model's own settings from its checkpoint sidecar, with today's paths (caches live where they live now,
     not where they lived at training time)."""
-    return Settings.model_validate({**meta["settings"], "paths": paths.model_dump()})
+    return settings_model().model_validate({**meta["settings"], "paths": paths.model_dump()})
 
 
 def load_teacher(checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None) -> Method:

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sempt_cli.errors import SemptError
+from sempt_cli.errors import SemptError, SettingsError
+from sempt_cli.protocol import get_method
 from sempt_cli.report.paper import AVERAGED_OVER, harmonic_mean
 
 RECORD_FORMAT = "sempt.eval/1"
@@ -33,14 +34,22 @@ Status = Literal["ok", "skipped"]
 BASE2NOVEL_METRICS: tuple[str, ...] = ("base", "novel", "hm", "all")
 ACCURACY_METRICS: tuple[str, ...] = ("accuracy",)
 
-METHOD_TITLES: dict[str, str] = {
-    "promptsrc": "PromptSRC", "ivlp": "IVLP", "coop": "CoOp", "vpt": "VPT", "promptkd": "PromptKD",
-    "zeroshot": "CLIP", "mmrl": "MMRL", "dpt": "DPT", "restore": "RESTORE",
-}
-"""How our method keys are printed: the papers' spelling, so 'ours: PromptKD' sits next to 'paper: PromptKD'."""
-TEACHER_METHODS = frozenset({"promptsrc", "ivlp", "coop", "vpt"})
-"""Supervised methods whose runs are PromptKD teachers; other supervised baselines (MMRL, ...) are not
-labelled 'teacher' in tables."""
+def method_title(name: str) -> str:
+    """How a method key is printed: its plug-in's `title`, the papers' spelling, so 'ours: PromptKD' sits next to
+    'paper: PromptKD' (the key itself for records of a method whose plug-in is not installed here)."""
+    try:
+        return get_method(name).display_title()
+    except SettingsError:
+        return name
+
+
+def is_baseline(name: str) -> bool:
+    """Supervised baselines (MMRL, ...) are compared as themselves: tables do not call their runs teachers."""
+    try:
+        return get_method(name).role == "baseline"
+    except SettingsError:
+        return False
+
 
 PAPER_BACKBONES: dict[str, str] = {
     "ViT-B-16": "ViT-B/16", "ViT-B-16-quickgelu": "ViT-B/16", "ViT-L-14": "ViT-L/14", "ViT-L-14-quickgelu": "ViT-L/14",
@@ -232,13 +241,13 @@ class Group:
     @property
     def title(self) -> str:
         """The method as the papers spell it ('PromptKD', 'PromptKD w/ SemPT')."""
-        return " ".join(filter(None, (METHOD_TITLES.get(self.method, self.method), self.variant)))
+        return " ".join(filter(None, (method_title(self.method), self.variant)))
 
     @property
     def model_name(self) -> str:
         """'PromptKD (ViT-B/16, student)', 'MMRL (ViT-B/16)': supervised baselines are not called teachers."""
         backbone = self.paper_backbone or self.backbone
-        role = "" if self.kind == "teacher" and self.method not in TEACHER_METHODS else f", {self.kind}"
+        role = "" if self.kind == "teacher" and is_baseline(self.method) else f", {self.kind}"
         return f"{self.title} ({backbone}{role})"
 
     @property

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from sempt_cli.data.records import Sample
 from sempt_cli.engine.schedule import gaussian_aggregation_weights
-from sempt_cli.methods.base import Batch, LossOutput, Method
+from sempt_cli.protocol import Batch, LossOutput, Method
 
 
 def make_samples(root: Path, num_classes: int = 3, per_class: int = 6, size: int = 12) -> list[Sample]:

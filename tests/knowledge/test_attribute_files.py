@@ -21,7 +21,7 @@ from sempt_cli.knowledge import (
 from sempt_cli.knowledge.answers import validate_descriptions
 from sempt_cli.knowledge.budget import TokenBudget, context_prefix
 from sempt_cli.knowledge.prompts import available_versions, load_templates
-from sempt_cli.settings import FIELDS, load_settings
+from sempt_cli.settings import fields, load_settings
 from tests.knowledge.jsonschema_lite import validate
 
 ATTRIBUTES = Path(__file__).parents[2] / "attributes"
@@ -126,9 +126,9 @@ def test_descriptions_must_use_distinct_vocabulary_combinations() -> None:
 
 
 def test_llm_settings_have_unique_flags_and_never_dump_the_key() -> None:
-    flags = [f.flag for f in FIELDS.values()]
+    flags = [f.flag for f in fields().values()]
     assert len(flags) == len(set(flags))
-    assert FIELDS["llm.seed"].flag == "--llm-seed" and FIELDS["llm.base_url"].flag == "--base-url"
+    assert fields()["llm.seed"].flag == "--llm-seed" and fields()["llm.base_url"].flag == "--base-url"
     settings = load_settings({"llm.temperature": "none"}, env={"SEMPT_LLM__API_KEY": "sk-x-123"}).settings
     assert settings.llm.api_key is not None and settings.llm.api_key.get_secret_value() == "sk-x-123"
     assert settings.llm.temperature is None

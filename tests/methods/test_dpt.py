@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 import sempt_cli.methods.dpt  # noqa: F401  (registers the method)
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.base import Batch, get_method
 from sempt_cli.methods.dpt import DPT, ClassAwarePrompts, DualVisionPrompts, class_aware_loss
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip
 from sempt_cli.models.prompted import DeepPrompts
+from sempt_cli.protocol import Batch, get_method
 from sempt_cli.settings import SemptHyperParameters, Settings, load_settings
 
 CLASSES = [f"class{i}" for i in range(6)]

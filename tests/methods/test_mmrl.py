@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sempt_cli.methods.base import Batch
 from sempt_cli.methods.mmrl import MMRL, REG_WEIGHTS
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import LoadedClip, load_clip
+from sempt_cli.protocol import Batch
 from sempt_cli.settings import Settings, load_settings
 from tests.blocks import block_inputs
 

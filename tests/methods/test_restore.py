@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptsrc import IVLP
 from sempt_cli.methods.restore import Restore, Surgery, feature_shift_loss, paired_layers, shift_norms
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip
+from sempt_cli.protocol import Batch
 from sempt_cli.settings import SemptHyperParameters, Settings, load_settings
 from tests.blocks import block_outputs
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
 from sempt_cli.methods.sempt import (
     AttributeBank,
@@ -19,6 +18,7 @@ from sempt_cli.methods.sempt import (
     semantic_weights,
 )
 from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
+from sempt_cli.protocol import Batch
 from sempt_cli.settings import SemptHyperParameters, load_settings
 
 

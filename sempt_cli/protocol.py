@@ -1,6 +1,10 @@
-"""The method protocol: what the engine needs from a prompt-learning method, and a registry of methods.
+"""The method protocol: what the engine needs from a prompt-learning method, and the registry of methods.
 
-A method is a plug-in on one engine, not a copy of a trainer. It declares
+A method is a plug-in on one engine, not a copy of a trainer, and one file (`methods/<name>.py`, or a module of
+another package registered through the `sempt.methods` entry point). It declares, as class attributes, its
+`name`, its `title` and `role` in tables, whether it is `supervised`, its own settings section (`options`, a
+`SettingsSection` model; flags, `config show` and help panels are built from it) and its official
+hyper-parameters as data (`preset_table`), and implements
 
 * its trainable parameters (everything else is frozen),
 * `training_forward(batch)` — its objective as (image embeddings, class embeddings, a loss on logits, extra
@@ -12,7 +16,8 @@ A method is a plug-in on one engine, not a copy of a trainer. It declares
 * `matching_embeddings(image_embeddings)` — the part of an image embedding compared with class embeddings by
   cosine (all of it, unless a method carries more than one image feature, as MMRL does),
 * optional hooks at the end of an epoch / of training (e.g. PromptSRC's Gaussian prompt aggregation),
-* `presets(...)` — its official hyper-parameters per evaluation setting, applied below user settings.
+* `presets(...)` — its official hyper-parameters per evaluation setting (its `preset_table` resolved), applied
+  below user settings.
 
 SemPT wraps a method through the same protocol: it re-scores the wrapped method's `training_forward` against
 attribute-enhanced class embeddings and replaces `classifier`, which is why SemPT stays one file for every
@@ -24,14 +29,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.models.checkpoint import check_state, learned_state_dict
-from sempt_cli.settings import Settings
+from sempt_cli.plugins import load_plugins
+from sempt_cli.presets import Presets
+from sempt_cli.settings import Settings, SettingsSection, register_section
+
+Role = Literal["teacher", "student", "baseline", "zero-shot"]
 
 
 @dataclass
@@ -99,7 +108,17 @@ class Method(nn.Module, ABC):
     """Base class of every prompt-learning method; see the module docstring for the contract."""
 
     name: ClassVar[str]
+    title: ClassVar[str] = ""
+    """How tables and plots name it ("PromptSRC"); `name` when empty."""
+    role: ClassVar[Role] = "baseline"
+    """teacher (trained with labels, distilled from), student (learns from a teacher), baseline (a supervised
+    method compared as itself: tables show no role), zero-shot."""
     description: ClassVar[str] = ""
+    options: ClassVar[type[SettingsSection] | None] = None
+    """Its own settings section (a `SettingsSection` subclass whose `section` class attribute names it), if any;
+    subclasses that are presets of a method inherit it."""
+    preset_table: ClassVar[Presets] = Presets()
+    """Its official hyper-parameters per setting, dataset and backbone, as data (`sempt_cli.presets`)."""
     image_side_needs_classes: ClassVar[bool] = False
     """True when image embeddings depend on the candidate classes (DPT's class-aware visual prompts): evaluation
     then encodes images once per class list with `image_embeddings_among`."""
@@ -187,31 +206,45 @@ class Method(nn.Module, ABC):
     @classmethod
     def presets(cls, settings: Settings, backbone: str) -> dict[str, Any]:
         """Official hyper-parameters for `settings.data.setting`, as dotted setting keys."""
-        return {}
+        return cls.preset_table.resolve(settings, backbone)
+
+    @classmethod
+    def display_title(cls) -> str:
+        return cls.title or cls.name
 
 
 _METHODS: dict[str, type[Method]] = {}
 
+MethodT = TypeVar("MethodT", bound=type[Method])
 
-def register_method(cls: type[Method]) -> type[Method]:
-    """Class decorator adding a method to the registry under `cls.name`."""
-    if cls.name in _METHODS:
-        raise ValueError(f"method {cls.name} registered twice")
+
+def register_method(cls: MethodT) -> MethodT:
+    """Class decorator adding a method to the registry under `cls.name`, and its settings section (if it declares
+    one) to the settings tree."""
+    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
+        raise SettingsError(f"Two methods are registered under the name {cls.name!r}.")
     _METHODS[cls.name] = cls
+    if cls.options is not None:
+        register_section(cls.options)
     return cls
 
 
+def _registry() -> dict[str, type[Method]]:
+    load_plugins()
+    return _METHODS
+
+
 def method_names() -> list[str]:
-    return sorted(_METHODS)
+    return sorted(_registry())
 
 
 def supervised_method_names() -> list[str]:
     """Methods trained with labels: what `train-teacher --method` and `few-shot --baseline` accept."""
-    return [name for name in method_names() if _METHODS[name].supervised]
+    return [name for name, cls in sorted(_registry().items()) if cls.supervised]
 
 
 def get_method(name: str) -> type[Method]:
     try:
-        return _METHODS[name]
+        return _registry()[name]
     except KeyError:
         raise SettingsError(f"Unknown method {name!r}; choose one of {', '.join(method_names())}.") from None
