@@ -37,7 +37,8 @@ def distill(
     from sempt_cli.methods import get_method
     from sempt_cli.pipeline.distill import baselines, resolve_distill_settings
     from sempt_cli.pipeline.distill import distill as run
-    from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+    from sempt_cli.pipeline.runs import resolve_with_preset
+    from sempt_cli.pipeline.teacher import train_teacher
 
     if baseline not in baselines():
         raise SettingsError(f"Unknown baseline {baseline!r}; choose one of {', '.join(baselines())}.")

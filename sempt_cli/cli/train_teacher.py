@@ -34,7 +34,7 @@ def train_teacher(
     save its learned prompts, and evaluate it. Re-running the same command resumes an interrupted run.
     With --import-official PATH nothing is trained: the official checkpoint becomes the run's checkpoint."""
     from sempt_cli.methods import supervised_method_names
-    from sempt_cli.pipeline.teacher import resolve_with_preset
+    from sempt_cli.pipeline.runs import resolve_with_preset
     from sempt_cli.pipeline.teacher import train_teacher as run
 
     if method not in supervised_method_names():

@@ -49,11 +49,14 @@ from sempt_cli.interop.official import (
     shallow_teacher_warning,
 )
 from sempt_cli.methods import Method, get_method
+from sempt_cli.methods.promptkd import PromptKD
 from sempt_cli.models.checkpoint import checkpoint_paths, load_learned, save_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
+from sempt_cli.models.record import RunRecord
 from sempt_cli.pipeline.backbone import load_backbone
-from sempt_cli.pipeline.teacher import CHECKPOINT_NAME, run_key
+from sempt_cli.pipeline.distill import resolve_distill_settings
+from sempt_cli.pipeline.runs import CHECKPOINT_NAME, run_key
 from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 OFFICIAL_BACKBONES: dict[tuple[int, int], str] = {
@@ -147,17 +150,17 @@ def import_teacher(
                                source=str(ckpt.path))
     warnings += _check_frozen(layout, ckpt, clip, console)
     identity = backbone_identity(clip)
-    metadata = {
-        "kind": "teacher", "method": method, "backbone": clip.backbone, "pretrained": settings.model.pretrained,
-        "backbone_identity": identity, "dataset": settings.data.dataset, "setting": settings.data.setting,
-        "train_classnames": seen, "classnames": classnames, "num_base": num_base, "seen_classnames": seen,
-        "settings": settings.model_dump(mode="json"), "sempt_version": __version__,
-        "imported_from": _provenance(ckpt, layout, geometry, warnings),
-    }
+    record = RunRecord(
+        kind="teacher", method=method, backbone=clip.backbone, pretrained=settings.model.pretrained,
+        backbone_identity=identity, dataset=settings.data.dataset, setting=settings.data.setting,
+        train_classnames=seen, classnames=classnames, num_base=num_base,
+        settings=settings.model_dump(mode="json"), sempt_version=__version__,
+        imported_from=_provenance(ckpt, layout, geometry, warnings),
+    )
     key = run_key(method, settings, f"{identity}|official:{ckpt.sha256}", (*IMPORT_SECTIONS, *layout.sections))
     default = settings.paths.output_dir / "teachers" / settings.data.dataset / \
         f"{method}-{settings.data.setting}-official-{key}"
-    written = save_learned(_target(out, default), model.trainable_state(), metadata)
+    written = save_learned(_target(out, default), model.trainable_state(), record)
     return _result(written, ckpt, layout, geometry, model, warnings, settings)
 
 
@@ -177,14 +180,12 @@ def import_student(
 
     Dataset and setting are the teacher's unless given: a cross-dataset student (distilled on a target dataset
     from the ImageNet teacher) names its target with `data.dataset`."""
-    from sempt_cli.pipeline.distill import resolve_distill_settings
-
     console = console or Console(stderr=True)
     ckpt, layout = _read(path, PROMPTKD_STUDENT)
     teacher_ckpt = load_learned(teacher)
-    meta = teacher_ckpt.metadata
-    if meta.get("kind") != "teacher":
-        raise WeightsError(f"{teacher} is not a teacher checkpoint (kind {meta.get('kind')!r}).",
+    meta = teacher_ckpt.record
+    if meta.kind != "teacher":
+        raise WeightsError(f"{teacher} is not a teacher checkpoint (kind {meta.kind!r}).",
                            "Pass a teacher's model.safetensors; `sempt interop import-teacher` makes one from the "
                            "official teacher file.")
     geometry = layout.geometry(ckpt.state_dict)
@@ -195,41 +196,40 @@ def import_student(
                                         config_file=config_file, env=env)
     settings = resolved.settings
     dataset, setting = settings.data.dataset, settings.data.setting
-    if dataset != meta["dataset"] and setting not in TRANSFER_SETTINGS:
+    if dataset != meta.dataset and setting not in TRANSFER_SETTINGS:
         raise SettingsError(
-            f"A {setting} student classifies its teacher's classes, but {teacher} was trained on {meta['dataset']}, "
+            f"A {setting} student classifies its teacher's classes, but {teacher} was trained on {meta.dataset}, "
             f"not {dataset}.",
             "Leave out --dataset, or pass --setting cross-dataset for a student distilled on another dataset.",
         )
-    teacher_dim = _embed_dim(meta["backbone"])
+    teacher_dim = _embed_dim(meta.backbone)
     projector = ckpt.state_dict.get("VPT_image_trans.conv1.0.weight")
     if projector is not None and int(projector.shape[0]) != teacher_dim:
         raise WeightsError(
             f"{ckpt.path}'s projector maps into {int(projector.shape[0])} dimensions, but the teacher {teacher} "
-            f"({meta['backbone']}) embeds classes in {teacher_dim}.",
+            f"({meta.backbone}) embeds classes in {teacher_dim}.",
             "Pass the teacher this student was distilled from (PromptKD's is ViT-L/14: 768).",
         )
     seed_everything(settings.data.seed)
     clip = clip or load_backbone(settings.model, torch.device("cpu"), settings.paths.cache_dir)
-    classnames = list(meta["classnames"]) if dataset == meta["dataset"] else all_classnames(dataset)
+    classnames = meta.classnames if dataset == meta.dataset else all_classnames(dataset)
     num_base, _ = split_base_new(len(classnames))
-    model = get_method("promptkd")(clip, classnames, settings, None, teacher=None,  # type: ignore[call-arg]
-                                   teacher_dim=teacher_dim)
+    model = PromptKD(clip, classnames, settings, None, teacher=None, teacher_dim=teacher_dim)
     model.load_trainable_state(layout.to_ours(ckpt.state_dict, model.trainable_state(), source=str(ckpt.path)),
                                source=str(ckpt.path))
     warnings = _check_frozen(layout, ckpt, clip, console)
     identity = backbone_identity(clip)
-    metadata = {
-        "kind": "student", "method": "promptkd", "backbone": clip.backbone, "backbone_identity": identity,
-        "teacher_checkpoint": str(Path(teacher).resolve()), "teacher_sha256": teacher_ckpt.sha256, "dataset": dataset,
-        "setting": setting, "classnames": classnames, "num_base": num_base,
-        "settings": settings.model_dump(mode="json"), "sempt_version": __version__,
-        "imported_from": _provenance(ckpt, layout, geometry, warnings),
-    }
+    record = RunRecord(
+        kind="student", method="promptkd", backbone=clip.backbone, pretrained=settings.model.pretrained,
+        backbone_identity=identity, teacher_checkpoint=str(Path(teacher).resolve()),
+        teacher_sha256=teacher_ckpt.sha256, dataset=dataset, setting=setting, classnames=classnames,
+        num_base=num_base, train_classnames=classnames, settings=settings.model_dump(mode="json"),
+        sempt_version=__version__, imported_from=_provenance(ckpt, layout, geometry, warnings),
+    )
     key = run_key("promptkd", settings, f"{identity}|teacher:{teacher_ckpt.sha256}|official:{ckpt.sha256}",
                   (*IMPORT_SECTIONS, *layout.sections))
     default = settings.paths.output_dir / "students" / dataset / f"promptkd-{setting}-official-{key}"
-    written = save_learned(_target(out, default), model.trainable_state(), metadata)
+    written = save_learned(_target(out, default), model.trainable_state(), record)
     return _result(written, ckpt, layout, geometry, model, warnings, settings)
 
 
@@ -244,18 +244,18 @@ def export_official(checkpoint: str | Path, out: str | Path | None = None) -> Ex
     parameters, so neither the class-list buffers nor the frozen CLIP are needed). `out` defaults to
     `<run>/official/<where the official code reads it>`; an existing folder gets that relative path inside it."""
     ckpt = load_learned(checkpoint)
-    meta = ckpt.metadata
-    layout = layout_for(str(meta.get("kind")), str(meta.get("method")))
-    if meta.get("variant") or meta.get("sempt"):  # its unseen-class path is SemPT's, whatever tensors it holds
-        raise WeightsError(f"{ckpt.path} is {meta.get('method')} {meta.get('variant') or 'w/ SemPT'}, which has no "
+    meta = ckpt.record
+    layout = layout_for(meta.kind, meta.method)
+    if meta.variant or meta.sempt:  # its unseen-class path is SemPT's, whatever tensors it holds
+        raise WeightsError(f"{ckpt.path} is {meta.method} {meta.variant or 'w/ SemPT'}, which has no "
                            "official counterpart.", "Export the plain run (--no-sempt) instead.")
     state = layout.to_official(ckpt.tensors, source=str(ckpt.path))
-    epoch = int((meta.get("imported_from") or {}).get("epoch") or meta["settings"]["train"]["epochs"])
+    epoch = int((meta.imported_from or {}).get("epoch") or meta.settings["train"]["epochs"])
     if layout is MMRL_TEACHER:
-        data = meta["settings"]["data"]
-        relative = mmrl_folder(meta["dataset"], meta["setting"], int(data["shots"]), int(data["seed"]), epoch)
+        data = meta.settings["data"]
+        relative = mmrl_folder(meta.dataset, meta.setting, int(data["shots"]), int(data["seed"]), epoch)
     else:
-        relative = official_folder(meta["dataset"], meta["setting"], layout.kind, epoch)
+        relative = official_folder(meta.dataset, meta.setting, layout.kind, epoch)
     if out is None:
         target = ckpt.path.parent / "official" / relative
     else:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from torch import Tensor
+import torch
+from torch import Tensor, nn
 
 from sempt_cli.data.registry import DEMO_KEY, canonical_dataset_name, get_dataset_info
 from sempt_cli.errors import SettingsError, WeightsError
@@ -488,3 +489,47 @@ def mmrl_folder(dataset: str, setting: str, shots: int, seed: int, epochs: int) 
 def _some(keys: list[str], shown: int = 6) -> str:
     more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
     return ", ".join(keys[:shown]) + more
+
+
+def official_prompt_keys(vision_depth: int, text_depth: int) -> dict[str, str]:
+    """Where the official PromptSRC / PromptKD code stores each of our prompt tensors (spec §3.1, §7.1).
+
+    Keys are `vision.<i>` / `text.<i>` (layer i of that tower's `DeepPrompts`), values the official names.
+    """
+    return prompt_keys(vision_depth, text_depth)
+
+
+def import_official_prompts(
+    state: Mapping[str, Tensor],
+    *,
+    vision: nn.Module | None = None,
+    text: nn.Module | None = None,
+    source: str = "the official checkpoint",
+) -> list[str]:
+    """Copy IVLP prompts from an official PromptSRC/PromptKD state dict into prompted towers.
+
+    Missing or mis-shaped prompts are an error: the official loader's strict=False would leave them random
+    (spec §5.7). Only the prompts are read; the checkpoint's (GPA-perturbed) backbone copy is not.
+    """
+    towers = {"vision": vision, "text": text}
+    depths = {name: len(t.prompts.tokens) if t is not None else 0 for name, t in towers.items()}
+    mapping = official_prompt_keys(depths["vision"], depths["text"])
+    missing = [official for official in mapping.values() if official not in state]
+    if missing:
+        raise WeightsError(
+            f"{source} lacks prompts this model needs: {_some(missing)}.",
+            "Was it trained with a smaller prompt depth? Set the depth it was trained with.",
+        )
+    used = []
+    with torch.no_grad():
+        for ours, official in mapping.items():
+            tower_name, layer = ours.split(".")
+            target = towers[tower_name].prompts.tokens[int(layer)]  # type: ignore[union-attr]
+            value = state[official]
+            if tuple(value.shape) != tuple(target.shape):
+                raise WeightsError(
+                    f"{source}: {official} is {tuple(value.shape)} but the model expects {tuple(target.shape)}."
+                )
+            target.copy_(value.to(target))
+            used.append(official)
+    return used

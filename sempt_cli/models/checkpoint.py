@@ -12,6 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from sempt_cli.errors import WeightsError
 from sempt_cli.io import atomic_write_bytes, atomic_write_json
+from sempt_cli.models.record import RunRecord
 
 FORMAT = "sempt.learned/1"
 _SUFFIXES = (".safetensors", ".json")
@@ -33,6 +35,11 @@ class LearnedCheckpoint:
     metadata: dict[str, Any]
     sha256: str
     path: Path
+
+    @cached_property
+    def record(self) -> RunRecord:
+        """The metadata as a typed run record (old sidecars migrated)."""
+        return RunRecord.from_metadata(self.metadata, str(self.path))
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -59,9 +66,11 @@ def learned_state_dict(module: nn.Module) -> dict[str, Tensor]:
 def save_learned(
     path: str | Path,
     tensors: Mapping[str, Tensor],
-    metadata: Mapping[str, Any] | None = None,
+    metadata: RunRecord | Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write `tensors` and a sidecar with `metadata`; returns the tensor file's path."""
+    """Write `tensors` and a sidecar with `metadata` (a run's record); returns the tensor file's path."""
+    if isinstance(metadata, RunRecord):
+        metadata = metadata.to_metadata()
     from safetensors.torch import save
 
     from sempt_cli import __version__
@@ -169,50 +178,3 @@ def _open_clip_version() -> str:
         return str(open_clip.__version__)
     except Exception:  # pragma: no cover - open_clip is a dependency
         return "unknown"
-
-
-def official_prompt_keys(vision_depth: int, text_depth: int) -> dict[str, str]:
-    """Where the official PromptSRC / PromptKD code stores each of our prompt tensors (spec §3.1, §7.1).
-
-    Keys are `vision.<i>` / `text.<i>` (layer i of that tower's `DeepPrompts`), values the official names. The
-    table itself lives in `sempt_cli.interop.official`, with the rest of the official layouts.
-    """
-    from sempt_cli.interop.official import prompt_keys
-
-    return prompt_keys(vision_depth, text_depth)
-
-
-def import_official_prompts(
-    state: Mapping[str, Tensor],
-    *,
-    vision: nn.Module | None = None,
-    text: nn.Module | None = None,
-    source: str = "the official checkpoint",
-) -> list[str]:
-    """Copy IVLP prompts from an official PromptSRC/PromptKD state dict into prompted towers.
-
-    Missing or mis-shaped prompts are an error: the official loader's strict=False would leave them random
-    (spec §5.7). Only the prompts are read; the checkpoint's (GPA-perturbed) backbone copy is not.
-    """
-    towers = {"vision": vision, "text": text}
-    depths = {name: len(t.prompts.tokens) if t is not None else 0 for name, t in towers.items()}
-    mapping = official_prompt_keys(depths["vision"], depths["text"])
-    missing = [official for official in mapping.values() if official not in state]
-    if missing:
-        raise WeightsError(
-            f"{source} lacks prompts this model needs: {_some(missing)}.",
-            "Was it trained with a smaller prompt depth? Set the depth it was trained with.",
-        )
-    used = []
-    with torch.no_grad():
-        for ours, official in mapping.items():
-            tower_name, layer = ours.split(".")
-            target = towers[tower_name].prompts.tokens[int(layer)]  # type: ignore[union-attr]
-            value = state[official]
-            if tuple(value.shape) != tuple(target.shape):
-                raise WeightsError(
-                    f"{source}: {official} is {tuple(value.shape)} but the model expects {tuple(target.shape)}."
-                )
-            target.copy_(value.to(target))
-            used.append(official)
-    return used

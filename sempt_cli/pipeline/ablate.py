@@ -11,8 +11,7 @@ and the grid summary is written atomically to `<eval.results_dir>/ablations/<dat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,11 @@ from sempt_cli.io import atomic_write_json, stable_hash
 from sempt_cli.models.factory import DEMO_TEACHER
 from sempt_cli.pipeline.distill import distill, resolve_distill_settings
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
-from sempt_cli.report.records import EvalRecord, Stat, aggregate
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
+from sempt_cli.report.ablation import AblationResult, Grid, GridPoint
+from sempt_cli.report.records import aggregate
 from sempt_cli.settings import load_settings
-
-
-@dataclass(frozen=True)
-class Grid:
-    """One of SemPT Table 4's ablations: which setting it varies, the paper's grid, and the paper's row names."""
-
-    param: str
-    table: str
-    setting: str
-    values: tuple[str, ...]
-    parse: Callable[[str], Any]
-    paper_row: Callable[[str], str]
-    title: str
-    eval_only: bool = False
 
 
 def _number(value: str) -> float:
@@ -68,28 +55,6 @@ GRIDS: dict[str, Grid] = {
 }
 DEMO_KNOWLEDGE = ("names", "ground-truth")
 """The demo world has no LLM-written files: its knowledge grid compares names only with its ground truth."""
-
-
-@dataclass
-class GridPoint:
-    """One value of the grid: its students (one per seed), their evaluations, and the seed statistics."""
-
-    value: str
-    paper_method: str
-    checkpoints: list[Path] = field(default_factory=list)
-    records: list[EvalRecord] = field(default_factory=list)
-    stats: dict[str, Stat] = field(default_factory=dict)
-
-
-@dataclass
-class AblationResult:
-    grid: Grid
-    dataset: str
-    seeds: list[int]
-    points: list[GridPoint]
-    path: Path
-    comparable: bool
-    note: str
 
 
 def run_ablation(

@@ -35,7 +35,7 @@ from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.prompted import PromptedTextTower, PromptSpec
-from sempt_cli.pipeline.teacher import load_teacher
+from sempt_cli.pipeline.runs import load_teacher
 from sempt_cli.settings import Settings
 
 KIND = "attribute-vectors"
@@ -73,14 +73,14 @@ def embed_attributes(
     console = console or Console(stderr=True)
     attributes = load_attribute_file(attribute_file)
     sidecar = load_learned(teacher_checkpoint)
-    meta = sidecar.metadata
-    _check_classes(attributes, meta, attribute_file)
+    record = sidecar.record
+    _check_classes(attributes, attribute_file, record.classnames if record.dataset == attributes.dataset else None)
     encoder = settings.sempt.attr_encoder
     file_sha = sha256_file(attribute_file)
     cache = TensorCache(settings.paths.cache_dir / "tensors")
     inputs: dict[str, Any] = {
-        "teacher": sidecar.sha256, "backbone": meta.get("backbone_identity"), "attributes": file_sha,
-        "encoder": encoder, "prompt": meta["settings"]["prompts"] if encoder == "teacher-prompted" else None,
+        "teacher": sidecar.sha256, "backbone": record.backbone_identity, "attributes": file_sha,
+        "encoder": encoder, "prompt": record.settings["prompts"] if encoder == "teacher-prompted" else None,
         "body": BODY_FORMAT,
     }
 
@@ -88,7 +88,7 @@ def embed_attributes(
         runtime = resolve_runtime(settings.model)
         teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
         teacher.eval()
-        label = f"the {encoder} text encoder ({meta['backbone']})"
+        label = f"the {encoder} text encoder ({record.backbone})"
         return {"vectors": _encode(_text_tower(teacher, encoder), attributes, runtime, console, label)}
 
     tensors, reused = cache.get_or_compute(KIND, inputs, compute)
@@ -104,7 +104,7 @@ def embed_attributes_frozen(
     initialised backbone is encoded afresh)."""
     console = console or Console(stderr=True)
     attributes = load_attribute_file(attribute_file)
-    _check_classes(attributes, {}, attribute_file)
+    _check_classes(attributes, attribute_file)
     encoder = "backbone-frozen"
     file_sha = sha256_file(attribute_file)
     identity = backbone_identity(clip)
@@ -135,10 +135,11 @@ def _encode(tower: PromptedTextTower, attributes: AttributeFile, runtime: Runtim
     return vectors.reshape(len(attributes.classnames), attributes.num_descriptions, -1)
 
 
-def _check_classes(attributes: AttributeFile, meta: dict[str, Any], path: Path) -> None:
-    """The file must list its dataset's classes in the data layer's label order."""
-    if meta.get("dataset") == attributes.dataset and meta.get("classnames"):
-        expected, source = list(meta["classnames"]), "the teacher's"
+def _check_classes(attributes: AttributeFile, path: Path, teachers: list[str] | None = None) -> None:
+    """The file must list its dataset's classes in the data layer's label order (`teachers`: the teacher's own
+    list, when it was trained on that dataset)."""
+    if teachers is not None:
+        expected, source = teachers, "the teacher's"
     else:
         expected, source = all_classnames(attributes.dataset), "sempt's shipped"
     if attributes.classnames != expected:

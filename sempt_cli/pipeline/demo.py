@@ -14,7 +14,8 @@ from sempt_cli.models.factory import DEMO_STUDENT, DEMO_TEACHER
 from sempt_cli.pipeline.distill import distill, resolve_distill_settings
 from sempt_cli.pipeline.embed import embed_classes
 from sempt_cli.pipeline.evaluation import EvalReport, evaluate_runs, evaluate_zeroshot
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 from sempt_cli.report.records import aggregate
 from sempt_cli.settings import load_settings
 

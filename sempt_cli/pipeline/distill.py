@@ -12,42 +12,37 @@ spec §5.2). We report the last epoch's student, which needs no test data during
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
-from sempt_cli import __version__
-from sempt_cli.engine.distributed import DistContext, init_distributed
+from sempt_cli.engine.distributed import DistContext
 from sempt_cli.engine.loader import SeededImageDataset
-from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
-from sempt_cli.engine.trainer import Trainer
+from sempt_cli.engine.runtime import Runtime
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
-from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
-from sempt_cli.methods import get_method, supervised_method_names
+from sempt_cli.io import sha256_file, stable_hash
+from sempt_cli.methods import supervised_method_names
 from sempt_cli.methods.promptkd import PromptKDSettings, TeacherSignals
-from sempt_cli.models.checkpoint import load_learned, save_learned
+from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.factory import DEMO_STUDENT
-from sempt_cli.models.identity import backbone_identity
-from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.data import prepare_data
 from sempt_cli.pipeline.embed import embed_classes
-from sempt_cli.pipeline.sempt import VARIANT, SemptSource, apply_sempt, attribute_file
-from sempt_cli.pipeline.teacher import (
-    CHECKPOINT_NAME,
-    METRICS_FILE,
-    evaluate_protocol,
-    image_size,
+from sempt_cli.pipeline.runs import (
+    RunLifecycle,
+    TrainedRun,
+    build_method,
     load_teacher,
+    resolve_with_preset,
     run_key,
     run_sections,
 )
+from sempt_cli.pipeline.sempt import VARIANT, SemptSource, apply_sempt, attribute_file
+from sempt_cli.presets import is_demo_backbone
 from sempt_cli.protocol import Batch, Method
-from sempt_cli.settings import ResolvedSettings, Settings, load_settings
+from sempt_cli.settings import ResolvedSettings, Settings
 
 
 def baselines() -> list[str]:
@@ -68,7 +63,7 @@ def student_run_dir(baseline: str, settings: Settings, identity: str) -> Path:
 
 def default_student(teacher_backbone: str) -> dict[str, Any]:
     """The paper pairs a ViT-L/14 teacher with a ViT-B/16 student; the demo teacher with the demo student."""
-    if teacher_backbone.startswith("sempt-demo"):
+    if is_demo_backbone(teacher_backbone):
         return {"model.backbone": DEMO_STUDENT, "model.pretrained": "demo"}
     return {"model.backbone": "ViT-B-16-quickgelu", "model.pretrained": "openai"}
 
@@ -78,21 +73,10 @@ def resolve_distill_settings(
     env: Mapping[str, str] | None = None,
 ) -> ResolvedSettings:
     """Student backbone from the teacher, dataset/setting from the teacher, method preset, then the user."""
-    meta = load_learned(teacher_checkpoint).metadata
-    from_teacher = {**default_student(meta["backbone"]), "data.dataset": meta["dataset"],
-                    "data.setting": meta["setting"]}
-    first = load_settings(overrides, config_file=config_file, env=env, preset=from_teacher).settings
-    preset = {**from_teacher, **get_method(baseline).presets(first, first.model.backbone)}
-    return load_settings(overrides, config_file=config_file, env=env, preset=preset,
-                         preset_name=f"preset {baseline}/{first.data.setting}")
-
-
-@dataclass
-class StudentRun:
-    run_dir: Path
-    checkpoint: Path
-    metrics: dict[str, Any]
-    mode: str
+    teacher = load_learned(teacher_checkpoint).record
+    from_teacher = {**default_student(teacher.backbone), "data.dataset": teacher.dataset,
+                    "data.setting": teacher.setting}
+    return resolve_with_preset(baseline, overrides, config_file, env, base_preset=from_teacher)
 
 
 def distill(
@@ -103,62 +87,38 @@ def distill(
     console: Console | None = None,
     dist: DistContext | None = None,
     stop_after_steps: int | None = None,
-) -> StudentRun:
+) -> TrainedRun:
     """Train a student from `teacher_checkpoint`; resumes or reuses like `train_teacher`."""
-    from sempt_cli.data.transforms import clip_train_transform
-
-    console = console or Console(stderr=True)
-    dist = dist or init_distributed()
-    settings = resolved.settings
-    runtime = resolve_runtime(settings.model, dist.local_rank)
+    life = RunLifecycle.start(resolved, console, dist)
+    settings, clip, data = life.settings, life.clip, life.settings.data
     teacher_sha = load_learned(teacher_checkpoint).sha256
-    seed_everything(settings.data.seed)
-    clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir)
-    data = settings.data
-    run_dir = student_run_dir(baseline, settings, f"{backbone_identity(clip)}|teacher:{teacher_sha}")
-    checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
-    if (run_dir / METRICS_FILE).is_file() and checkpoint.is_file():
-        console.print(f"[green]Already distilled[/] — reusing {run_dir}")
-        saved = json.loads((run_dir / METRICS_FILE).read_text())
-        return StudentRun(run_dir, checkpoint, saved["metrics"], saved["mode"])
+    run_dir = student_run_dir(baseline, settings, f"{life.identity}|teacher:{teacher_sha}")
+    if (finished := life.finished(run_dir, "distilled")) is not None:
+        return finished
 
-    prepared = prepare_data(settings, console)
+    prepared = prepare_data(settings, life.console)
     classnames = prepared.full.classnames
-    vectors = embed_classes(teacher_checkpoint, settings, classnames=classnames, console=console).vectors
-    vectors = vectors.to(runtime.device)
-    teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
+    vectors = embed_classes(teacher_checkpoint, settings, classnames=classnames, console=life.console).vectors
+    vectors = vectors.to(life.runtime.device)
+    teacher = load_teacher(teacher_checkpoint, life.runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
     teacher.eval()
-    size = image_size(clip)
-    augment = clip_train_transform(size, scale=(data.crop_scale_min, 1.0))
-    dataset = SeededImageDataset(prepared.train.train, augment, data.seed, data.on_corrupt)
-    signals, mode = _teacher_signals(teacher, vectors, classnames, dataset, settings, runtime, teacher_sha, console)
-    method: Method = get_method(baseline)(clip, classnames, settings, None, teacher=signals).to(runtime.device)
+    dataset = life.training_views(prepared)
+    signals, mode = _teacher_signals(teacher, vectors, classnames, dataset, settings, life.runtime, teacher_sha,
+                                     life.console)
+    method: Method = build_method(baseline, clip, classnames, settings, teacher=signals)
     sempt: dict[str, Any] = {}
     if settings.sempt.enabled:
         source = SemptSource.from_teacher(teacher_checkpoint, settings)
         method, inputs = apply_sempt(method, source, data.dataset, classnames, settings, training=True,
-                                     console=console)
+                                     console=life.console)
         sempt = {"variant": VARIANT, "sempt": inputs.to_json()}
-    if dist.is_main:
-        console.print(f"[bold]distill[/] {baseline}{' w/ SemPT' if sempt else ''} on {data.dataset} "
-                      f"({data.setting}, {len(dataset)} unlabelled images, {len(classnames)} classes) · "
-                      f"{clip.backbone} ← teacher {teacher_checkpoint} · {runtime.describe()} · {mode}")
-    result = Trainer(method, dataset, settings, run_dir, runtime, dist, console).fit(stop_after_steps)
-    if not result.finished:
-        return StudentRun(run_dir, checkpoint, {}, mode)
-    metadata = {
-        "kind": "student", "method": baseline, "backbone": clip.backbone, "backbone_identity": backbone_identity(clip),
-        "teacher_checkpoint": str(teacher_checkpoint), "teacher_sha256": teacher_sha, "dataset": data.dataset,
-        "setting": data.setting, "classnames": classnames, "num_base": prepared.num_base,
-        "settings": settings.model_dump(mode="json"), "sempt_version": __version__, **sempt,
-    }
-    if dist.is_main:
-        save_learned(checkpoint, method.trainable_state(), metadata)
-    metrics = evaluate_protocol(method, prepared, settings, runtime, size, console)
-    if dist.is_main:
-        atomic_write_json(run_dir / METRICS_FILE, {"metrics": metrics, "mode": mode, "train_seconds": result.seconds,
-                                                    "steps": result.steps, "settings_sources": resolved.sources})
-    return StudentRun(run_dir, checkpoint, metrics, mode)
+    banner = (f"[bold]distill[/] {baseline}{' w/ SemPT' if sempt else ''} on {data.dataset} ({data.setting}, "
+              f"{len(dataset)} unlabelled images, {len(classnames)} classes) · {clip.backbone} ← teacher "
+              f"{teacher_checkpoint} · {mode}")
+    record = life.record("student", baseline, prepared, classnames, teacher_checkpoint=str(teacher_checkpoint),
+                         teacher_sha256=teacher_sha, **sempt)
+    return life.train(run_dir, method, dataset, prepared, record, banner, mode=mode,
+                      stop_after_steps=stop_after_steps)
 
 
 def _teacher_signals(

@@ -19,7 +19,7 @@ from sempt_cli.data.registry import all_classnames
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.runtime import resolve_runtime
 from sempt_cli.models.checkpoint import load_learned
-from sempt_cli.pipeline.teacher import load_teacher
+from sempt_cli.pipeline.runs import load_teacher
 from sempt_cli.settings import Settings
 
 KIND = "class-vectors"
@@ -42,19 +42,19 @@ def embed_classes(
     """Class vectors of the teacher for `classnames` (default: every class of the teacher's dataset)."""
     console = console or Console(stderr=True)
     sidecar = load_learned(teacher_checkpoint)
-    meta = sidecar.metadata
+    record = sidecar.record
     if classnames is None:
-        classnames = list(meta["classnames"]) if settings.data.dataset == meta["dataset"] else \
+        classnames = record.classnames if settings.data.dataset == record.dataset else \
             all_classnames(settings.data.dataset)
     cache = TensorCache(settings.paths.cache_dir / "tensors")
-    inputs: dict[str, Any] = {"teacher": sidecar.sha256, "backbone": meta["backbone_identity"],
+    inputs: dict[str, Any] = {"teacher": sidecar.sha256, "backbone": record.backbone_identity,
                               "classnames": classnames,
-                              "prompt": meta["settings"]["prompts"], "encoder": "teacher-prompted"}
+                              "prompt": record.settings["prompts"], "encoder": "teacher-prompted"}
 
     def compute() -> dict[str, Tensor]:
         runtime = resolve_runtime(settings.model)
         teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
-        console.print(f"Encoding {len(classnames)} class names with the teacher ({meta['backbone']}) ...")
+        console.print(f"Encoding {len(classnames)} class names with the teacher ({record.backbone}) ...")
         with torch.no_grad(), runtime.autocast():
             return {"vectors": teacher.class_embeddings(classnames).float()}
 

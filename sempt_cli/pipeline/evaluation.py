@@ -37,14 +37,16 @@ from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_fo
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
 from sempt_cli.errors import DatasetError, SemptError, WeightsError
 from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
-from sempt_cli.methods import Method, get_method
+from sempt_cli.methods import Method
 from sempt_cli.methods.promptkd import TeacherSignals
 from sempt_cli.models.checkpoint import LearnedCheckpoint, load_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
+from sempt_cli.models.record import RunRecord
 from sempt_cli.pipeline.backbone import load_backbone
+from sempt_cli.pipeline.embed import embed_classes
+from sempt_cli.pipeline.runs import build_method, image_size, rebuild_method, run_settings
 from sempt_cli.pipeline.sempt import INFERENCE_TITLES, VARIANT, SemptSource, apply_sempt, attribute_file
-from sempt_cli.pipeline.teacher import build_method, image_size, sidecar_settings
 from sempt_cli.protocol import Batch
 from sempt_cli.report.paper import BASE2NOVEL_DATASETS, DOMAIN_SHIFT_DATASETS
 from sempt_cli.report.records import (
@@ -106,10 +108,10 @@ class _Model(ABC):
     def __init__(self) -> None:
         self.clip: LoadedClip | None = None
 
-    def _adopt_sempt(self, meta: dict[str, Any], current: Settings) -> str:
+    def _adopt_sempt(self, record: RunRecord, current: Settings) -> str:
         """A SemPT model is scored with today's inference rule (Table 4a); returns the variant for its title."""
-        variant = str(meta.get("variant", ""))  # e.g. 'w/ SemPT', written by the pipeline that trained it
-        self.sempt = meta.get("sempt")
+        variant = record.variant  # e.g. 'w/ SemPT', written by the pipeline that trained it
+        self.sempt = record.sempt
         if self.sempt is None:
             return variant
         rule = current.sempt.inference
@@ -133,7 +135,7 @@ class _Model(ABC):
         """The training dataset's own file as recorded (it must be unchanged); other datasets' files by name."""
         assert self.sempt is not None
         recorded = self.sempt.get("attributes_file")
-        if dataset == self.sidecar.metadata["dataset"] and recorded:
+        if dataset == self.sidecar.record.dataset and recorded:
             path = Path(recorded)
             if not path.is_file() or sha256_file(path) != self.sempt["attributes_sha256"]:
                 raise SemptError(f"The attribute file this model was trained with ({path}) is missing or changed.",
@@ -167,33 +169,30 @@ class _Teacher(_Model):
 
     def __init__(self, sidecar: LearnedCheckpoint, current: Settings) -> None:
         super().__init__()
-        meta = sidecar.metadata
+        record = sidecar.record
         self.sidecar = sidecar
-        self.settings = sidecar_settings(meta, current.paths)
-        variant = self._adopt_sempt(meta, current)
+        self.settings = run_settings(record, current.paths)
+        variant = self._adopt_sempt(record, current)
         self.info = ModelInfo(
-            kind="teacher", method=meta["method"], backbone=meta["backbone"],
-            pretrained=meta.get("pretrained", self.settings.model.pretrained), shots=self.settings.data.shots,
-            seed=self.settings.data.seed, config_hash=config_hash(self.settings), train_dataset=meta["dataset"],
-            train_setting=meta["setting"], checkpoint=str(sidecar.path), checkpoint_sha256=sidecar.sha256,
-            backbone_identity=meta.get("backbone_identity"), variant=variant,
+            kind="teacher", method=record.method, backbone=record.backbone,
+            pretrained=record.pretrained or self.settings.model.pretrained, shots=self.settings.data.shots,
+            seed=self.settings.data.seed, config_hash=config_hash(self.settings), train_dataset=record.dataset,
+            train_setting=record.setting, checkpoint=str(sidecar.path), checkpoint_sha256=sidecar.sha256,
+            backbone_identity=record.backbone_identity, variant=variant,
         )
         self.key_parts = {"kind": "teacher", "checkpoint": sidecar.sha256}
         self.method: Method | None = None
 
     def loaded(self, runtime: Runtime) -> None:
         assert self.clip is not None
-        meta = self.sidecar.metadata
-        self.method = build_method(meta["method"], self.clip, meta["train_classnames"], self.settings)
-        if self.sempt is None:
-            self.method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
+        self.method = rebuild_method(self.sidecar, self.clip, self.settings, load=self.sempt is None)
 
     def method_for(self, dataset: str, classnames: list[str], runtime: Runtime, console: Console) -> Method:
         assert self.method is not None and self.clip is not None
         if self.sempt is None:
             return self.method
-        meta = self.sidecar.metadata  # seen classes: its own training classes; descriptions where needed
-        source = SemptSource.frozen_backbone(self.clip, meta["dataset"], meta["seen_classnames"], self.settings)
+        record = self.sidecar.record  # seen classes: its own training classes; descriptions where needed
+        source = SemptSource.frozen_backbone(self.clip, record.dataset, record.seen_classnames, self.settings)
         method, _ = apply_sempt(self.method, source, dataset, classnames, self.settings, training=False,
                                 file_for=self._attribute_file, console=console)
         method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
@@ -210,35 +209,35 @@ class _Student(_Model):
 
     def __init__(self, sidecar: LearnedCheckpoint, current: Settings, teacher: Path | None) -> None:
         super().__init__()
-        meta = sidecar.metadata
+        record = sidecar.record
+        if record.teacher_sha256 is None or record.teacher_checkpoint is None:
+            raise WeightsError(f"The run record of student {sidecar.path} does not name its teacher.")
         self.sidecar = sidecar
         self.current = current
-        self.settings = sidecar_settings(meta, current.paths)
-        variant = self._adopt_sempt(meta, current)
-        self.teacher = Path(teacher or meta["teacher_checkpoint"])  # verified only if something needs scoring
+        self.settings = run_settings(record, current.paths)
+        variant = self._adopt_sempt(record, current)
+        self.teacher = Path(teacher or record.teacher_checkpoint)  # verified only if something needs scoring
+        self.teacher_sha256 = record.teacher_sha256
         self.info = ModelInfo(
-            kind="student", method=meta["method"], backbone=meta["backbone"],
+            kind="student", method=record.method, backbone=record.backbone,
             pretrained=self.settings.model.pretrained, shots=self.settings.data.shots, seed=self.settings.data.seed,
-            config_hash=config_hash(self.settings), train_dataset=meta["dataset"], train_setting=meta["setting"],
+            config_hash=config_hash(self.settings), train_dataset=record.dataset, train_setting=record.setting,
             checkpoint=str(sidecar.path), checkpoint_sha256=sidecar.sha256, teacher_checkpoint=str(self.teacher),
-            teacher_sha256=meta["teacher_sha256"], backbone_identity=meta.get("backbone_identity"),
+            teacher_sha256=record.teacher_sha256, backbone_identity=record.backbone_identity,
             variant=variant,
         )
-        self.key_parts = {"kind": "student", "checkpoint": sidecar.sha256, "teacher": meta["teacher_sha256"]}
+        self.key_parts = {"kind": "student", "checkpoint": sidecar.sha256, "teacher": record.teacher_sha256}
 
     def loaded(self, runtime: Runtime) -> None:
-        _verify_teacher(self.teacher, self.sidecar.metadata["teacher_sha256"])
+        _verify_teacher(self.teacher, self.teacher_sha256)
 
     def method_for(self, dataset: str, classnames: list[str], runtime: Runtime, console: Console) -> Method:
-        from sempt_cli.pipeline.embed import embed_classes
-
         assert self.clip is not None
         vectors = embed_classes(self.teacher, self.current, classnames=classnames, console=console).vectors
         vectors = vectors.to(runtime.device)
         signals = TeacherSignals(lambda: vectors, _no_teacher_images)
-        method = get_method(self.info.method)(  # type: ignore[call-arg]
-            self.clip, classnames, self.settings, None, teacher=signals, teacher_dim=int(vectors.shape[1])
-        ).to(runtime.device)
+        method = build_method(self.info.method, self.clip, classnames, self.settings, teacher=signals,
+                              teacher_dim=int(vectors.shape[1]))
         if self.sempt is not None:  # seen classes from the teacher, descriptions only where needed
             source = SemptSource.from_teacher(self.teacher, self.settings)
             method, _ = apply_sempt(method, source, dataset, classnames, self.settings, training=False,
@@ -427,16 +426,10 @@ def evaluate_checkpoint(
     """
     console = console or Console(stderr=True)
     sidecar = load_learned(checkpoint)
-    kind = sidecar.metadata.get("kind")
-    model: _Model
-    if kind == "teacher":
-        model = _Teacher(sidecar, settings)
-    elif kind == "student":
-        model = _Student(sidecar, settings, teacher)
-    else:
-        raise WeightsError(f"{checkpoint} is neither a teacher nor a student checkpoint (kind {kind!r}).")
+    model: _Model = (_Teacher(sidecar, settings) if sidecar.record.kind == "teacher"
+                     else _Student(sidecar, settings, teacher))
     runtime = resolve_runtime(settings.model)
-    return _evaluate(model, settings, setting or sidecar.metadata["setting"], datasets, runtime, console, command)
+    return _evaluate(model, settings, setting or sidecar.record.setting, datasets, runtime, console, command)
 
 
 def evaluate_zeroshot(

@@ -20,7 +20,8 @@ from rich.console import Console
 from sempt_cli.errors import SettingsError
 from sempt_cli.methods import get_method
 from sempt_cli.pipeline.evaluation import EvalReport, evaluate_runs
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 from sempt_cli.report.paper import BASE2NOVEL_DATASETS
 from sempt_cli.settings import STANDARD_SHOTS, load_settings
 

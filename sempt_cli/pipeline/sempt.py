@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
@@ -24,14 +24,13 @@ from sempt_cli.data import DEMO_KEY
 from sempt_cli.data.registry import canonical_dataset_name, imagenet_rows, label_space
 from sempt_cli.errors import SemptError
 from sempt_cli.io import sha256_file
+from sempt_cli.knowledge import demo_attribute_file, write_attribute_file
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.factory import LoadedClip
+from sempt_cli.pipeline.attributes import AttributeEmbeddings, embed_attributes, embed_attributes_frozen
 from sempt_cli.protocol import Method
 from sempt_cli.settings import Settings
-
-if TYPE_CHECKING:
-    from sempt_cli.pipeline.attributes import AttributeEmbeddings
 
 VARIANT = "w/ SemPT"
 """The sidecar `variant` of a SemPT model; tables title it '<method> w/ SemPT', as the papers do."""
@@ -63,8 +62,6 @@ def attribute_file(dataset: str, settings: Settings, *, explicit: bool = True) -
 
 def _demo_attribute_file(settings: Settings) -> Path:
     """The demo world's ground-truth file (`gen-attributes --strategy ground-truth`), derived once into the cache."""
-    from sempt_cli.knowledge import demo_attribute_file, write_attribute_file
-
     path = settings.paths.cache_dir / "attributes" / f"{DEMO_KEY}-s{settings.sempt.num_descriptions}.json"
     if not path.is_file():
         write_attribute_file(demo_attribute_file(settings.sempt.num_descriptions), path)
@@ -88,13 +85,9 @@ def attribute_bank(
                      f"Generate one with `sempt gen-attributes --dataset {key}`.")
 
 
-def seen_classes(teacher_meta: dict[str, Any], dataset: str) -> list[str]:
-    """The teacher's labelled training classes if `dataset` shares the teacher's label space, else none."""
-    if "seen_classnames" not in teacher_meta:
-        raise SemptError("The teacher checkpoint does not say which classes it was trained on (no seen_classnames).",
-                         "Re-create it with this version of `sempt train-teacher`.")
-    same_space = label_space(dataset) == label_space(str(teacher_meta.get("dataset")))
-    return list(teacher_meta["seen_classnames"]) if same_space else []
+def seen_classes(seen_dataset: str, seen_classnames: Sequence[str], dataset: str) -> list[str]:
+    """The classes labelled training saw (on `seen_dataset`) if `dataset` shares that label space, else none."""
+    return list(seen_classnames) if label_space(dataset) == label_space(seen_dataset) else []
 
 
 @dataclass(frozen=True)
@@ -127,26 +120,21 @@ class SemptSource:
 
     @classmethod
     def from_teacher(cls, teacher_checkpoint: Path, settings: Settings) -> SemptSource:
-        from sempt_cli.pipeline.attributes import embed_attributes
-
-        meta = load_learned(teacher_checkpoint).metadata
-        if "seen_classnames" not in meta:
-            raise SemptError("The teacher checkpoint does not say which classes it was trained on "
-                             "(no seen_classnames).", "Re-create it with this version of `sempt train-teacher`.")
-        return cls(str(meta.get("dataset")), list(meta["seen_classnames"]),
+        teacher = load_learned(teacher_checkpoint).record
+        if teacher.kind != "teacher":
+            raise SemptError(f"{teacher_checkpoint} is a {teacher.kind}, not a teacher checkpoint.")
+        return cls(teacher.dataset, teacher.seen_classnames,
                    lambda path, console: embed_attributes(teacher_checkpoint, path, settings, console=console))
 
     @classmethod
     def frozen_backbone(cls, clip: LoadedClip, dataset: str, seen_classnames: Sequence[str],
                         settings: Settings) -> SemptSource:
-        from sempt_cli.pipeline.attributes import embed_attributes_frozen
-
         return cls(dataset, list(seen_classnames),
                    lambda path, console: embed_attributes_frozen(clip, path, settings, console=console))
 
     def seen_in(self, dataset: str) -> list[str]:
         """The seen classes if `dataset` shares the seen dataset's label space, else none (`seen_classes`)."""
-        return seen_classes({"dataset": self.seen_dataset, "seen_classnames": self.seen_classnames}, dataset)
+        return seen_classes(self.seen_dataset, self.seen_classnames, dataset)
 
 
 def apply_sempt(

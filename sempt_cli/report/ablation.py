@@ -7,15 +7,51 @@ only when the run is comparable (the demo world never is: its numbers measure ou
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from sempt_cli.report.paper import PaperNumber, load_paper_numbers
+from sempt_cli.report.records import EvalRecord, Stat
 from sempt_cli.report.tables import TableView, format_value
 
-if TYPE_CHECKING:
-    from pathlib import Path
 
-    from sempt_cli.pipeline.ablate import AblationResult
+@dataclass(frozen=True)
+class Grid:
+    """One of SemPT Table 4's ablations: which setting it varies, the paper's grid, and the paper's row names."""
+
+    param: str
+    table: str
+    setting: str
+    values: tuple[str, ...]
+    parse: Callable[[str], Any]
+    paper_row: Callable[[str], str]
+    title: str
+    eval_only: bool = False
+
+
+@dataclass
+class GridPoint:
+    """One value of the grid: its students (one per seed), their evaluations, and the seed statistics."""
+
+    value: str
+    paper_method: str
+    checkpoints: list[Path] = field(default_factory=list)
+    records: list[EvalRecord] = field(default_factory=list)
+    stats: dict[str, Stat] = field(default_factory=dict)
+
+
+@dataclass
+class AblationResult:
+    grid: Grid
+    dataset: str
+    seeds: list[int]
+    points: list[GridPoint]
+    path: Path
+    comparable: bool
+    note: str
+
 
 METRICS = ("base", "novel", "hm")
 PAPER_DATASET = "average"

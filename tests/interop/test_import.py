@@ -17,7 +17,7 @@ from sempt_cli.interop.convert import ImportResult, import_student, import_teach
 from sempt_cli.methods.promptkd import FeatureProjector
 from sempt_cli.models import DEMO_TEACHER, LoadedClip, load_clip, load_learned
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
-from sempt_cli.pipeline.teacher import load_teacher
+from sempt_cli.pipeline.runs import load_teacher
 from sempt_cli.settings import load_settings
 from tests.interop.conftest import DEMO, TEACHER_DEPTHS, run_paths
 from tests.interop.fakes import save_dassl, student_state, teacher_state
@@ -69,16 +69,14 @@ def test_teacher_sidecar_has_the_metadata_of_a_trained_teacher(
     imported_teacher: ImportResult, official_teacher: tuple[Path, dict[str, Tensor]],
 ) -> None:
     ckpt = load_learned(imported_teacher.checkpoint)
-    meta = ckpt.metadata
-    assert {"kind", "method", "backbone", "pretrained", "backbone_identity", "dataset", "setting", "train_classnames",
-            "classnames", "num_base", "seen_classnames", "settings", "sempt_version"} <= set(meta)
-    assert (meta["kind"], meta["method"], meta["backbone"], meta["dataset"]) == ("teacher", "promptsrc", DEMO_TEACHER,
-                                                                                   "demo")
-    assert meta["backbone_identity"].startswith(f"{DEMO_TEACHER}@")
-    assert len(meta["classnames"]) == 40 and meta["num_base"] == 20
-    assert meta["train_classnames"] == meta["seen_classnames"] == meta["classnames"][:20]  # base2novel: base
-    assert meta["settings"]["prompts"]["vision_depth"] == 5 and meta["settings"]["prompts"]["text_depth"] == 4
-    assert meta["imported_from"]["epoch"] == 20 and meta["imported_from"]["path"] == str(official_teacher[0])
+    meta = ckpt.record  # the same typed run record a trained teacher has
+    assert (meta.kind, meta.method, meta.backbone, meta.dataset) == ("teacher", "promptsrc", DEMO_TEACHER, "demo")
+    assert meta.backbone_identity is not None and meta.backbone_identity.startswith(f"{DEMO_TEACHER}@")
+    assert len(meta.classnames) == 40 and meta.num_base == 20
+    assert meta.train_classnames == meta.seen_classnames == meta.classnames[:20]  # base2novel: base
+    assert meta.settings["prompts"]["vision_depth"] == 5 and meta.settings["prompts"]["text_depth"] == 4
+    assert meta.imported_from is not None
+    assert meta.imported_from["epoch"] == 20 and meta.imported_from["path"] == str(official_teacher[0])
     assert set(ckpt.tensors) == {f"vision.prompts.tokens.{i}" for i in range(5)} | \
         {f"text.prompts.tokens.{i}" for i in range(4)}
     assert all(t.dtype == torch.float32 for t in ckpt.tensors.values())

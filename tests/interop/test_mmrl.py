@@ -29,7 +29,7 @@ from sempt_cli.interop.official import (
 from sempt_cli.methods.mmrl import MMRL
 from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip, load_learned, save_learned
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
-from sempt_cli.pipeline.teacher import load_teacher
+from sempt_cli.pipeline.runs import load_teacher
 from sempt_cli.settings import load_settings
 from tests.blocks import block_inputs
 from tests.interop.conftest import run_paths

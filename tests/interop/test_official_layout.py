@@ -16,8 +16,9 @@ from sempt_cli.interop.official import (
     Geometry,
     dataset_from_path,
     official_folder,
+    official_prompt_keys,
 )
-from sempt_cli.models import load_learned, official_prompt_keys
+from sempt_cli.models import load_learned
 
 
 def test_teacher_names_are_the_specs() -> None:

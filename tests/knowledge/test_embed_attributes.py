@@ -23,7 +23,7 @@ from sempt_cli.models.checkpoint import save_learned
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.pipeline.attributes import embed_attributes
 from sempt_cli.pipeline.backbone import load_backbone
-from sempt_cli.pipeline.teacher import build_method, load_teacher, resolve_with_preset
+from sempt_cli.pipeline.runs import build_method, load_teacher, resolve_with_preset
 from sempt_cli.settings import Settings, load_settings
 
 NAMES = all_classnames("demo")

@@ -325,7 +325,7 @@ def test_presets(setting: str, backbone: str, expected: dict[str, Any]) -> None:
 
 def test_restore_settings_are_part_of_the_run_key() -> None:
     """Ablations (--no-surgery, --shift-reference block, ...) must not reuse each other's trained runs."""
-    from sempt_cli.pipeline.teacher import run_key, run_sections
+    from sempt_cli.pipeline.runs import run_key, run_sections
 
     keys = {run_key("restore", load_settings(flags, env={}).settings, None, run_sections("restore", False))
             for flags in ({}, {"restore.surgery": False}, {"restore.shift_reference": "block"}, {"restore.gamma": 0.2})}

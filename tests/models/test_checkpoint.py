@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from sempt_cli.errors import WeightsError
+from sempt_cli.interop.official import import_official_prompts
 from sempt_cli.io import sha256_file
 from sempt_cli.models import (
     LoadedClip,
@@ -17,7 +18,6 @@ from sempt_cli.models import (
     PromptedVisionTower,
     PromptSpec,
     checkpoint_paths,
-    import_official_prompts,
     learned_state_dict,
     load_learned,
     load_learned_into,
@@ -148,3 +148,36 @@ def test_import_official_promptsrc_prompts(teacher: LoadedClip) -> None:
     deeper = PromptedVisionTower(teacher.model.visual, PromptSpec(4, 4))
     with pytest.raises(WeightsError, match=r"resblocks\.3\.VPT_shallow"):
         import_official_prompts(official, vision=deeper)
+
+
+def _v1_sidecar(kind: str) -> dict[str, object]:
+    """Metadata as sempt wrote it before run records were typed (no record_version)."""
+    meta: dict[str, object] = {
+        "kind": kind, "method": "promptsrc" if kind == "teacher" else "promptkd", "backbone": "sempt-demo-teacher",
+        "backbone_identity": "sempt-demo-teacher@abc", "dataset": "demo", "setting": "base2novel",
+        "classnames": ["a", "b", "c", "d"], "num_base": 2, "settings": {"data": {"seed": 1}}, "sempt_version": "0.1.0",
+    }
+    if kind == "teacher":
+        meta |= {"pretrained": "demo", "train_classnames": ["a", "b"], "seen_classnames": ["a", "b"]}
+    else:
+        meta |= {"teacher_checkpoint": "runs/t/model.safetensors", "teacher_sha256": "f" * 64}
+    return meta
+
+
+def test_old_sidecars_are_migrated_to_run_records_on_read(tmp_path: Path) -> None:
+    teacher = save_learned(tmp_path / "teacher" / "model", {"w": torch.zeros(1)}, _v1_sidecar("teacher"))
+    student = save_learned(tmp_path / "student" / "model", {"w": torch.zeros(1)}, _v1_sidecar("student"))
+    old_teacher, old_student = load_learned(teacher).record, load_learned(student).record
+    assert old_teacher.train_classnames == old_teacher.seen_classnames == ["a", "b"]
+    assert old_student.train_classnames == ["a", "b", "c", "d"]  # a student distils on every class
+    assert old_student.teacher_sha256 == "f" * 64 and old_teacher.variant == ""
+    again = save_learned(tmp_path / "again" / "model", {"w": torch.zeros(1)}, old_teacher)
+    assert load_learned(again).record == old_teacher  # written and read in one place, losslessly
+
+
+def test_a_sidecar_that_is_no_run_record_is_one_sentence(tmp_path: Path) -> None:
+    broken = _v1_sidecar("teacher")
+    del broken["dataset"]
+    path = save_learned(tmp_path / "model", {"w": torch.zeros(1)}, broken)
+    with pytest.raises(WeightsError, match=r"model\.safetensors is not a valid sempt run record: dataset"):
+        _ = load_learned(path).record

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sempt_cli.pipeline.evaluation import evaluate_zeroshot
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 from sempt_cli.settings import load_settings
 
 

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from sempt_cli.methods.promptkd import kd_loss
 from sempt_cli.pipeline.distill import distill, resolve_distill_settings
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 
 
 def test_kd_loss_matches_the_official_formula_by_hand() -> None:

@@ -14,8 +14,9 @@ from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.pipeline.ablate import run_ablation
 from sempt_cli.pipeline.distill import distill, resolve_distill_settings
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
+from sempt_cli.pipeline.runs import resolve_with_preset
 from sempt_cli.pipeline.sempt import attribute_file, seen_classes
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.teacher import train_teacher
 from sempt_cli.report.ablation import ablation_plot, ablation_view
 from sempt_cli.settings import load_settings
 
@@ -61,7 +62,7 @@ def test_distill_applies_sempt_by_default_with_the_teachers_seen_classes(
     baseline = _distill(teacher, {**workspace, **STUDENT, "sempt.enabled": False})
     assert baseline.run_dir != sempt_student.run_dir
     assert not any(k.startswith("sempt.") for k in load_file(baseline.checkpoint))
-    assert "variant" not in load_learned(baseline.checkpoint).metadata
+    assert not load_learned(baseline.checkpoint).record.variant
 
 
 def test_sempt_student_does_not_depend_on_whether_the_description_cache_was_warm(
@@ -94,12 +95,10 @@ def test_eval_reproduces_training_metrics_and_applies_each_inference_rule(
 
 
 def test_seen_classes_count_only_in_the_teachers_label_space() -> None:
-    meta = {"dataset": "imagenet", "seen_classnames": ["tench", "goldfish"]}
-    assert seen_classes(meta, "imagenet") == ["tench", "goldfish"]
-    assert seen_classes(meta, "imagenet_a") == ["tench", "goldfish"]  # cross-domain: same label space
-    assert seen_classes(meta, "oxford_pets") == []  # cross-dataset target: every class unseen
-    with pytest.raises(SemptError, match="seen_classnames"):
-        seen_classes({"dataset": "imagenet"}, "imagenet")
+    seen = ["tench", "goldfish"]
+    assert seen_classes("imagenet", seen, "imagenet") == ["tench", "goldfish"]
+    assert seen_classes("imagenet", seen, "imagenet_a") == ["tench", "goldfish"]  # cross-domain: same label space
+    assert seen_classes("imagenet", seen, "oxford_pets") == []  # cross-dataset target: every class unseen
 
 
 def test_attribute_files_are_found_or_explained(tmp_path: Path) -> None:

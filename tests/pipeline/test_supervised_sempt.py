@@ -13,7 +13,8 @@ from sempt_cli.cli.app import app
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
 from sempt_cli.pipeline.fewshot import FewShotPlan, run_few_shot
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 from sempt_cli.report.records import ModelInfo, aggregate
 from sempt_cli.settings import load_settings
 

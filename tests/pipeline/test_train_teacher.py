@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 
 SMALL = {"data.dataset": "demo", "model.pretrained": "none", "data.shots": 2, "data.allow_any_shots": True,
          "data.batch_size": 8, "data.workers": 0, "train.epochs": 2, "train.checkpoint_every": 2,
@@ -81,7 +82,7 @@ def test_embed_caches_teacher_class_vectors_for_all_classes(demo_cache: Path, tm
     import torch
 
     from sempt_cli.pipeline.embed import embed_classes
-    from sempt_cli.pipeline.teacher import load_teacher
+    from sempt_cli.pipeline.runs import load_teacher
 
     resolved = resolve_with_preset("promptsrc", _small(demo_cache, tmp_path, **{"train.epochs": 1}), env={})
     run = train_teacher("promptsrc", resolved)

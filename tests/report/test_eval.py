@@ -22,7 +22,8 @@ from sempt_cli.errors import SemptError, SettingsError, WeightsError
 from sempt_cli.pipeline import evaluation
 from sempt_cli.pipeline.distill import distill, resolve_distill_settings
 from sempt_cli.pipeline.evaluation import default_datasets, evaluate_checkpoint, evaluate_runs, views_for
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 from sempt_cli.report.paper import AVERAGE, BASE2NOVEL_DATASETS, harmonic_mean, lookup
 from sempt_cli.report.plots import write_plots
 from sempt_cli.report.records import (
