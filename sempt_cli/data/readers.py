@@ -22,12 +22,12 @@ from typing import Any
 
 from sempt_cli.data.records import DatasetSplits, Sample, prompt_name
 from sempt_cli.data.registry import (
-    DATASETS,
     DEMO_KEY,
     DatasetInfo,
     bundled_imagenet_classnames,
     bundled_wnid_subset,
-    canonical_dataset_name,
+    dataset_names,
+    get_dataset_info,
 )
 from sempt_cli.errors import DatasetError
 
@@ -55,13 +55,14 @@ def absolute_root(data_root: str | os.PathLike[str]) -> Path:
 
 def resolve_dataset(name: str) -> DatasetInfo:
     """The registry entry for `name` (any accepted spelling), or a DatasetError listing the known keys."""
-    key = canonical_dataset_name(name)
-    if key is None:
+    try:
+        return get_dataset_info(name)
+    except KeyError:
         raise DatasetError(
-            f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.",
-            hint="Run `sempt data list` to see every dataset and its folder.",
-        )
-    return DATASETS[key]
+            f"Unknown dataset {name!r}; choose one of {', '.join(dataset_names())}.",
+            hint="Run `sempt data list` to see every dataset and its folder; register your own folder with "
+            "`sempt data add NAME PATH`.",
+        ) from None
 
 
 def load_dataset(name: str, data_root: Path | str, *, check_files: bool = True) -> DatasetSplits:
