@@ -32,7 +32,7 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,6 @@ class AddResult:
     entry_file: Path
     written: bool
     ignored_files: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _fail(message: str) -> DatasetError:
