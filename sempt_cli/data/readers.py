@@ -14,6 +14,7 @@ where to get it and where to put it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -211,6 +212,11 @@ def _read_json_split(info: DatasetInfo, root: Path, check_files: bool) -> Datase
     image_root = info.image_root(root)
     _require_file(info, split_path, "split file")
     text = _read_text(info, split_path)
+    if info.split_sha256 is not None and hashlib.sha256(text.encode("utf-8")).hexdigest() != info.split_sha256:
+        raise DatasetError(
+            f"Dataset {info.key}: split file {split_path} changed since `sempt data add` wrote it.",
+            hint=f"Register the dataset again (`sempt data add {info.key} PATH --force`) if the change is intended.",
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -49,6 +49,8 @@ class DatasetInfo:
     """A registered dataset's class names in label order (benchmarks ship theirs as files instead)."""
     registered: bool = False
     """True for a dataset added with `sempt data add` (its `folder` and `split_file` are absolute paths)."""
+    split_sha256: str | None = None
+    """For a registered dataset: the sha256 its split file had when `data add` wrote it."""
 
     def dataset_dir(self, data_root: Path) -> Path:
         """Where this dataset's folder must be under the data root."""
@@ -221,7 +223,7 @@ def _user_info(entry: UserEntry) -> DatasetInfo:
         entry.name, entry.name, dassl_name(entry.name), str(entry.image_root), "", len(entry.classnames),
         split_file=str(entry.split_file), sizes=entry.sizes, template=entry.template,
         download=f"registered with `sempt data add` from {entry.source}; register it again if it moved",
-        domain=entry.domain, classnames=entry.classnames, registered=True,
+        domain=entry.domain, classnames=entry.classnames, registered=True, split_sha256=entry.split_sha256,
     )
 
 

@@ -270,3 +270,15 @@ def test_cli_refusal_is_one_line_with_nonzero_exit(birds: Path, registry: Path) 
     assert "Traceback" not in done.stderr
     assert "zz.jpg" in " ".join(lines) and " ".join(lines).startswith("Error:")
     assert not registry.exists() or not _written(registry)
+
+
+def test_a_split_file_edited_after_registration_is_refused(birds: Path) -> None:
+    add_dataset("birds", birds, shots=2)
+    path = split_path("birds")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["train"], data["test"] = data["train"][:-1], [*data["test"], data["train"][-1]]
+    path.write_text(json.dumps(data, indent=4), encoding="utf-8")
+    with pytest.raises(DatasetError, match="changed since `sempt data add` wrote it"):
+        load_dataset("birds", birds)
+    [status] = [s for s in check_data_root(birds, ["birds"])]
+    assert status.state == "malformed" and str(path) in status.message
