@@ -58,6 +58,8 @@ def test_image_folder_becomes_a_dataset_with_coop_proportions(birds: Path, regis
     assert _written(registry) == sorted([registry / "birds.toml", split_path("birds")])
     assert split_path("birds").name == "split_zhou_Birds.json"
 
+    # CoOp's read_and_split_data: round(0.5 n) train, round(0.2 n) val (half to even), the rest test
+    assert [split_counts(n) for n in (4, 5, 6, 7)] == [(2, 1, 1), (2, 1, 2), (3, 1, 2), (4, 1, 2)]
     splits = load_dataset("birds", "/nonexistent-data-root")  # a registered folder does not live under the root
     assert splits.classnames == list(result.entry.classnames)
     for label, folder in enumerate(BIRDS):
