@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sempt_cli.cli.options import resolve_from_options, settings_options
+from sempt_cli.cli.options import reflow, resolve_from_options, settings_options
 from sempt_cli.data import DATASETS, DEMO_KEY, canonical_dataset_name, check_data_root
 from sempt_cli.data.registry import user_datasets
 from sempt_cli.errors import DatasetError, SettingsError
@@ -46,7 +46,15 @@ def list_datasets() -> None:
     console.print(own)
 
 
-@app.command("add")
+_ADD_HELP = """Register your own images as a dataset every command accepts (--dataset NAME).
+
+Checks every image once (unreadable files, empty classes, duplicate files, classes with fewer training images
+than --shots, class names longer than CLIP's context), then writes a split_zhou_<Name>.json (CoOp's 50/20/30
+per class with a fixed seed, unless the manifest gives a split) and a small TOML entry under
+$SEMPT_DATASETS_DIR (default ~/.config/sempt/datasets). On any problem nothing is written."""
+
+
+@app.command("add", help=reflow(_ADD_HELP))
 def add(
     name: Annotated[str, typer.Argument(help="Name to use with --dataset (lower-case letters, digits, _ and -).")],
     path: Annotated[Path, typer.Argument(help="A folder with one sub-folder per class, or a CSV/JSON manifest "
@@ -63,12 +71,7 @@ def add(
                         "(0: no check).")] = 16,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing registration of NAME.")] = False,
 ) -> None:
-    """Register your own images as a dataset every command accepts (--dataset NAME).
-
-    Checks every image once (unreadable files, empty classes, duplicate files, classes with fewer training images
-    than --shots, class names longer than CLIP's context), then writes a split_zhou_<Name>.json (CoOp's 50/20/30
-    per class with a fixed seed, unless the manifest gives a split) and a small TOML entry under
-    $SEMPT_DATASETS_DIR (default ~/.config/sempt/datasets). On any problem nothing is written."""
+    """Validate PATH once and register it as NAME (help: _ADD_HELP)."""
     from sempt_cli.data.add import add_dataset
 
     with console.status(f"Checking {path} ..."):
