@@ -65,6 +65,14 @@ def default_cache_dir() -> Path:
     return Path(base) / "sempt"
 
 
+def _unknown_dataset(name: str, quote: bool) -> str:
+    """Why a dataset name is refused; a folder path gets the command that registers it."""
+    if "/" in name or os.sep in name or Path(name).expanduser().is_dir():
+        return f"{name!r} is a path, not a dataset name; register the folder once with `sempt data add NAME {name}`"
+    shown = f" {name!r}" if quote else ""
+    return f"unknown dataset{shown}; choose one of {', '.join(dataset_names())} (or register yours: `sempt data add`)"
+
+
 class SettingsSection(BaseModel):
     """Base of every settings section. A method's own section subclasses it, names itself with `section` (its
     TOML table, `SEMPT_<SECTION>__*` prefix and `settings.<section>`) and sets `title` for help panels."""
@@ -162,7 +170,7 @@ class DataSettings(SettingsSection):
     def _known_dataset(cls, value: str) -> str:
         key = canonical_dataset_name(value)
         if key is None:
-            raise ValueError(f"unknown dataset; choose one of {', '.join(dataset_names())}")
+            raise ValueError(_unknown_dataset(value, quote=False))
         return key
 
     @model_validator(mode="after")
@@ -357,7 +365,7 @@ class EvalSettings(SettingsSection):
             for name in value:
                 key = canonical_dataset_name(str(name))
                 if key is None:
-                    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(dataset_names())}")
+                    raise ValueError(_unknown_dataset(str(name), quote=True))
                 keys.append(key)
             return keys or None
         return value

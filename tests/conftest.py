@@ -2,5 +2,17 @@
 machine is shared (CI runners, parallel jobs); passive waiting changes no result."""
 
 import os
+from collections.abc import Iterator
+
+import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_registered_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Datasets the developer registered with `sempt data add` must not leak into tests (nor tests into them):
+    every test, and every CLI it starts, sees an empty entries folder unless it sets its own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SEMPT_DATASETS_DIR", str(tmp_path_factory.mktemp("registered-datasets")))
+        yield

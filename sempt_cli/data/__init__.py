@@ -1,4 +1,5 @@
-"""Datasets: the registry, CoOp/Dassl layout readers, few-shot and base/new splits, transforms, checks.
+"""Datasets: the registry (benchmarks and the user's own, `add_dataset`), CoOp/Dassl layout readers, few-shot and
+base/new splits, transforms, checks.
 
 Importing this package is cheap (no torch): `ImageDataset`, `scan_images`, `drop_unreadable`, `load_image`
 and the transform builders are imported on first access.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sempt_cli.data.add import add_dataset
 from sempt_cli.data.check import DatasetStatus, check_data_root, check_dataset
 from sempt_cli.data.fewshot import fewshot_cache_path, fewshot_splits, generate_fewshot
 from sempt_cli.data.readers import MissingDataError, load_dataset, resolve_dataset
@@ -17,12 +19,14 @@ from sempt_cli.data.registry import (
     DEMO_KEY,
     DatasetInfo,
     all_classnames,
+    all_datasets,
     bundled_classnames,
     bundled_imagenet_classnames,
     bundled_wnid_subset,
     canonical_dataset_name,
     dataset_names,
     get_dataset_info,
+    user_datasets,
 )
 from sempt_cli.data.subsample import SubsampleMode, split_base_new, subsample_classes
 from sempt_cli.lazy import lazy_exports
@@ -57,7 +61,9 @@ __all__ = [
     "MissingDataError",
     "Sample",
     "SubsampleMode",
+    "add_dataset",
     "all_classnames",
+    "all_datasets",
     "build_transform",
     "bundled_classnames",
     "bundled_imagenet_classnames",
@@ -80,4 +86,5 @@ __all__ = [
     "scan_images",
     "split_base_new",
     "subsample_classes",
+    "user_datasets",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from sempt_cli.data.readers import MissingDataError, absolute_root, load_dataset, resolve_dataset
-from sempt_cli.data.registry import DATASETS, DEMO_KEY
+from sempt_cli.data.registry import DEMO_KEY, all_datasets
 from sempt_cli.errors import DatasetError
 
 __all__ = ["DatasetState", "DatasetStatus", "check_data_root", "check_dataset"]
@@ -85,6 +85,10 @@ def check_dataset(name: str, data_root: Path, deep: bool = False, num_threads: i
 def check_data_root(
     data_root: Path, names: list[str] | None = None, deep: bool = False, num_threads: int = 4
 ) -> list[DatasetStatus]:
-    """Status of each dataset in `names` (default: every benchmark; the demo world only when named)."""
-    keys = [key for key in DATASETS if key != DEMO_KEY] if names is None else [resolve_dataset(n).key for n in names]
+    """Status of each dataset in `names` (default: every benchmark and registered dataset; the demo world only
+    when named)."""
+    if names is None:
+        keys = [key for key in all_datasets() if key != DEMO_KEY]
+    else:
+        keys = [resolve_dataset(name).key for name in names]
     return [check_dataset(key, data_root, deep=deep, num_threads=num_threads) for key in keys]

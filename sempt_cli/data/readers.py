@@ -14,6 +14,7 @@ where to get it and where to put it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -22,12 +23,12 @@ from typing import Any
 
 from sempt_cli.data.records import DatasetSplits, Sample, prompt_name
 from sempt_cli.data.registry import (
-    DATASETS,
     DEMO_KEY,
     DatasetInfo,
     bundled_imagenet_classnames,
     bundled_wnid_subset,
-    canonical_dataset_name,
+    dataset_names,
+    get_dataset_info,
 )
 from sempt_cli.errors import DatasetError
 
@@ -55,13 +56,14 @@ def absolute_root(data_root: str | os.PathLike[str]) -> Path:
 
 def resolve_dataset(name: str) -> DatasetInfo:
     """The registry entry for `name` (any accepted spelling), or a DatasetError listing the known keys."""
-    key = canonical_dataset_name(name)
-    if key is None:
+    try:
+        return get_dataset_info(name)
+    except KeyError:
         raise DatasetError(
-            f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.",
-            hint="Run `sempt data list` to see every dataset and its folder.",
-        )
-    return DATASETS[key]
+            f"Unknown dataset {name!r}; choose one of {', '.join(dataset_names())}.",
+            hint="Run `sempt data list` to see every dataset and its folder; register your own folder with "
+            "`sempt data add NAME PATH`.",
+        ) from None
 
 
 def load_dataset(name: str, data_root: Path | str, *, check_files: bool = True) -> DatasetSplits:
@@ -210,6 +212,11 @@ def _read_json_split(info: DatasetInfo, root: Path, check_files: bool) -> Datase
     image_root = info.image_root(root)
     _require_file(info, split_path, "split file")
     text = _read_text(info, split_path)
+    if info.split_sha256 is not None and hashlib.sha256(text.encode("utf-8")).hexdigest() != info.split_sha256:
+        raise DatasetError(
+            f"Dataset {info.key}: split file {split_path} changed since `sempt data add` wrote it.",
+            hint=f"Register the dataset again (`sempt data add {info.key} PATH --force`) if the change is intended.",
+        )
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -1,7 +1,10 @@
-"""The benchmark datasets sempt knows, with the facts of their CoOp/Dassl on-disk layout.
+"""The datasets sempt knows: the benchmarks with the facts of their CoOp/Dassl on-disk layout, and the
+user's own folders registered with `sempt data add` (`sempt_cli.data.user`).
 
 This module is pure metadata (no torch, no image I/O) so that settings validation and `sempt data list`
-stay instant. Readers live in `sempt_cli.data.readers`.
+stay instant. Readers live in `sempt_cli.data.readers`. A registered dataset is described by the same
+`DatasetInfo` as a benchmark (an absolute folder and split file, the CoOp split-JSON reader), so every command
+reads it through the same code path.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Literal
+
+from sempt_cli.data.user import UserEntry, dassl_name, user_entries
 
 ReaderKind = Literal["json_split", "fgvc_aircraft", "imagenet", "imagenetv2", "wnid_folders"]
 
@@ -38,6 +43,14 @@ class DatasetInfo:
     fallback for the ImageNet family's `classnames.txt`)."""
     wnid_subset: str | None = None
     """For ImageNet-A/R: the bundled table of the 200 wnids the dataset must contain."""
+    domain: str | None = None
+    """What the classes are, in words, for a registered dataset (`data add --domain`; the LLM prompts' `$domain`)."""
+    classnames: tuple[str, ...] = ()
+    """A registered dataset's class names in label order (benchmarks ship theirs as files instead)."""
+    registered: bool = False
+    """True for a dataset added with `sempt data add` (its `folder` and `split_file` are absolute paths)."""
+    split_sha256: str | None = None
+    """For a registered dataset: the sha256 its split file had when `data add` wrote it."""
 
     def dataset_dir(self, data_root: Path) -> Path:
         """Where this dataset's folder must be under the data root."""
@@ -200,14 +213,43 @@ for _info in DATASETS.values():
         _LOOKUP[_normalise(_name)] = _info.key
 
 
+def benchmark_name(name: str) -> str | None:
+    """The benchmark (or demo world) key `name` spells, or None: user datasets may not take these names."""
+    return _LOOKUP.get(_normalise(name))
+
+
+def _user_info(entry: UserEntry) -> DatasetInfo:
+    return DatasetInfo(
+        entry.name, entry.name, dassl_name(entry.name), str(entry.image_root), "", len(entry.classnames),
+        split_file=str(entry.split_file), sizes=entry.sizes, template=entry.template,
+        download=f"registered with `sempt data add` from {entry.source}; register it again if it moved",
+        domain=entry.domain, classnames=entry.classnames, registered=True, split_sha256=entry.split_sha256,
+    )
+
+
+def user_datasets() -> dict[str, DatasetInfo]:
+    """The datasets registered with `sempt data add`, by name."""
+    return {name: _user_info(entry) for name, entry in user_entries().items()}
+
+
+def all_datasets() -> dict[str, DatasetInfo]:
+    """The benchmarks (demo world first), then the registered datasets."""
+    return {**DATASETS, **user_datasets()}
+
+
 def dataset_names() -> list[str]:
-    """Canonical keys of every supported dataset, the demo world first."""
-    return list(DATASETS)
+    """Canonical keys of every supported dataset, the demo world first, registered datasets last."""
+    return list(all_datasets())
 
 
 def canonical_dataset_name(name: str) -> str | None:
-    """Map any common spelling ("OxfordFlowers", "flowers102", "ImageNet-V2") to its key, or None."""
-    return _LOOKUP.get(_normalise(name))
+    """Map any common spelling ("OxfordFlowers", "flowers102", "ImageNet-V2") or a registered name to its key,
+    or None."""
+    key = benchmark_name(name)
+    if key is not None:
+        return key
+    wanted = _normalise(name)
+    return next((user for user in user_entries() if _normalise(user) == wanted), None)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:
@@ -215,7 +257,7 @@ def get_dataset_info(name: str) -> DatasetInfo:
     key = canonical_dataset_name(name)
     if key is None:
         raise KeyError(name)
-    return DATASETS[key]
+    return DATASETS[key] if key in DATASETS else user_datasets()[key]
 
 
 def read_bundled_text(filename: str) -> str:
@@ -302,6 +344,9 @@ def all_classnames(name: str) -> list[str]:
         from sempt_cli.data.demo import demo_world
 
         return [c.name for c in demo_world().classes]
+    info = get_dataset_info(name)
+    if info.registered:
+        return list(info.classnames)
     names = bundled_classnames(name)
     if names is None:  # pragma: no cover - every registered dataset ships its list
         raise KeyError(f"sempt ships no class-name list for {name}")

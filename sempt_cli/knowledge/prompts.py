@@ -79,9 +79,9 @@ def render(version: str, name: str, **values: object) -> str:
 
 
 def dataset_context(dataset: str) -> dict[str, str]:
-    """`$dataset` and `$domain` for a dataset key."""
+    """`$dataset` and `$domain` for a dataset key; a registered dataset's domain is its `data add --domain`."""
     info = get_dataset_info(dataset)
-    return {"dataset": info.display_name, "domain": DOMAINS.get(info.key, "visual categories")}
+    return {"dataset": info.display_name, "domain": info.domain or DOMAINS.get(info.key, "visual categories")}
 
 
 def class_lines(labels: Sequence[int], classnames: Sequence[str]) -> str:

@@ -254,3 +254,24 @@ def fabricate_dataset(
     else:
         raise KeyError(f"no fabricator for {name!r}")
     return root
+
+
+def write_unique_image(path: Path, index: int, size: int = 8) -> None:
+    """A tiny PNG whose pixels encode `index`, so no two fabricated files share their content."""
+    rng = random.Random(index)
+    image = Image.new("RGB", (size, size), tuple(rng.randrange(256) for _ in range(3)))
+    for bit in range(24):
+        if index >> bit & 1:
+            image.putpixel((bit % size, bit // size), (255, 255, 255))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
+
+
+def fabricate_image_folder(root: Path, classes: dict[str, int], start: int = 0) -> Path:
+    """An ImageFolder tree: `root/<class folder>/img_NN.png`, distinct images; returns `root`."""
+    index = start
+    for folder, count in classes.items():
+        for i in range(count):
+            write_unique_image(root / folder / f"img_{i:02d}.png", index)
+            index += 1
+    return root
