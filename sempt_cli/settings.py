@@ -273,7 +273,12 @@ class LLMSettings(SettingsSection):
         json_schema_extra={"flag": "llm-seed"},
     )
     max_concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
-    timeout: float = Field(120.0, gt=0.0, description="Seconds to wait for one answer before retrying.")
+    timeout: float = Field(
+        120.0, gt=0.0, description="Seconds one request may take in all (headers and answer) before it is retried."
+    )
+    max_answer_mb: float = Field(
+        8.0, gt=0.0, description="Largest answer accepted, in MB; a larger one is discarded unread and stops the run."
+    )
     retries: int = Field(5, ge=0, description="Retries per request on rate limits (429), timeouts and 5xx errors.")
     backoff: float = Field(
         1.0, ge=0.0, description="First retry delay in seconds, doubled per retry (a Retry-After header wins)."
