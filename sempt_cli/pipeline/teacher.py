@@ -38,6 +38,8 @@ from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_se
 
 CHECKPOINT_NAME = "model"
 METRICS_FILE = "metrics.json"
+UNREADABLE = "unreadable"
+"""The metrics key counting test images a score left out (`data.on_corrupt = skip`); absent when none was."""
 COMMON_SECTIONS = ("model", "data", "train")
 NOT_RESULT_AFFECTING = {
     ("model", "device"), ("data", "workers"), ("data", "eval_batch_size"), ("sempt", "inference"),
@@ -107,16 +109,22 @@ def evaluate_protocol(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Scores as the papers report them (base and novel separately, HM) plus all classes competing; the same
-    one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly."""
+    one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly. Test images left out
+    (`data.on_corrupt = skip`) are said at once and counted under `UNREADABLE`, so the saved scores say it too."""
     from sempt_cli.data.transforms import clip_test_transform
 
     full = prepared.full
-    counts, _ = score_views(
+    counts, unreadable = score_views(
         method, full.test, full.classnames, views_for(settings.data.setting, full.num_classes),
         clip_test_transform(image_size), runtime, batch_size=settings.data.eval_batch_size,
         workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, console=console,
     )
-    return metrics_from_counts(settings.data.setting, counts)
+    metrics: dict[str, Any] = metrics_from_counts(settings.data.setting, counts)
+    if unreadable:
+        (console or Console(stderr=True)).print(
+            f"[yellow]{settings.data.dataset}: {unreadable} unreadable test image(s) left out[/]")
+        metrics[UNREADABLE] = unreadable
+    return metrics
 
 
 def image_size(clip: LoadedClip) -> int:
