@@ -520,8 +520,14 @@ def _config_file_values(path: Path) -> dict[str, Any]:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise SettingsError(f"The config file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise SettingsError(f"The config file {path} is a folder, not a TOML file.") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"The config file {path} is not UTF-8 text (TOML files must be UTF-8).") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"The config file {path} is not valid TOML ({exc}).") from None
+    except OSError as exc:
+        raise SettingsError(f"The config file {path} cannot be read ({exc.strerror or exc}).") from None
     values: dict[str, Any] = {}
     known_sections, known = sections(), fields()
     for section, table in raw.items():

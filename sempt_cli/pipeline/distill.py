@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli import __version__
 from sempt_cli.engine.distributed import DistContext, init_distributed
@@ -118,7 +119,7 @@ def distill(
     run_dir = student_run_dir(baseline, settings, f"{backbone_identity(clip)}|teacher:{teacher_sha}")
     checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
     if (run_dir / METRICS_FILE).is_file() and checkpoint.is_file():
-        console.print(f"[green]Already distilled[/] — reusing {run_dir}")
+        console.print(f"[green]Already distilled[/] — reusing {escape(str(run_dir))}")
         saved = json.loads((run_dir / METRICS_FILE).read_text())
         return StudentRun(run_dir, checkpoint, saved["metrics"], saved["mode"])
 
@@ -142,7 +143,7 @@ def distill(
     if dist.is_main:
         console.print(f"[bold]distill[/] {baseline}{' w/ SemPT' if sempt else ''} on {data.dataset} "
                       f"({data.setting}, {len(dataset)} unlabelled images, {len(classnames)} classes) · "
-                      f"{clip.backbone} ← teacher {teacher_checkpoint} · {runtime.describe()} · {mode}")
+                      f"{clip.backbone} ← teacher {escape(str(teacher_checkpoint))} · {runtime.describe()} · {mode}")
     result = Trainer(method, dataset, settings, run_dir, runtime, dist, console).fit(stop_after_steps)
     if not result.finished:
         return StudentRun(run_dir, checkpoint, {}, mode)

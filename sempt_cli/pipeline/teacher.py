@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli import __version__
 from sempt_cli.engine.cache import TensorCache
@@ -155,7 +156,7 @@ def train_teacher(
     checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
     metrics_path = run_dir / METRICS_FILE
     if metrics_path.is_file() and checkpoint.is_file():
-        console.print(f"[green]Already trained[/] — reusing {run_dir}")
+        console.print(f"[green]Already trained[/] — reusing {escape(str(run_dir))}")
         return TeacherRun(run_dir, checkpoint, json.loads(metrics_path.read_text())["metrics"])
 
     prepared = prepare_data(settings, console)
@@ -171,7 +172,7 @@ def train_teacher(
             f"[bold]train[/] {method_name}{' w/ SemPT' if sempt else ''} on {settings.data.dataset} "
             f"({settings.data.setting}, "
             f"{len(prepared.train.train)} images, {prepared.train.num_classes} classes) · {clip.backbone} · "
-            f"{runtime.describe()} · run {run_dir}"
+            f"{runtime.describe()} · run {escape(str(run_dir))}"
         )
     size = image_size(clip)
     augment = clip_train_transform(size, scale=(settings.data.crop_scale_min, 1.0))

@@ -300,16 +300,17 @@ def _accuracy_view(batch: Sequence[Comparison]) -> TableView:
 
 def rich_table(view: TableView) -> Any:
     """A rich `Table`: ours rows bold, paper rows plain, notes as the caption."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=view.title, caption="\n".join(view.notes) or None, caption_justify="left",
+    table = Table(title=escape(view.title), caption=escape("\n".join(view.notes)) or None, caption_justify="left",
                   title_justify="left")
     label_width = min(24, max((len(cells[0]) for _, cells in view.rows), default=0))  # never squeezed away
     for i, column in enumerate(view.columns):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0,
                          min_width=label_width if i == 0 else None)
     for kind, cells in view.rows:
-        table.add_row(*cells, style="bold cyan" if kind == "ours" else None)
+        table.add_row(*(escape(cell) for cell in cells), style="bold cyan" if kind == "ours" else None)
     return table
 
 
