@@ -310,10 +310,11 @@ def _pickle_refusal(path: Path, exc: pickle.UnpicklingError) -> WeightsError:
         found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
     except Exception:  # not a zip checkpoint (a bare pickle, a legacy file): torch's message may name the global
         found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
-    what = f" ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''})" if found else ""
+    what = (f"holds pickled Python objects ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''}) besides "
+            "tensors" if found else "holds pickled data beyond plain tensors")
     return WeightsError(
-        f"{path} holds pickled Python objects{what} besides tensors, which could run arbitrary code when loaded; "
-        "sempt reads weights only and did not unpickle it.",
+        f"{path} {what}, which could run arbitrary code when loaded; sempt reads weights only and did not "
+        "unpickle it.",
         "If you trust its source, save its tensors as a .safetensors file yourself and pass that file instead.",
     )
 
