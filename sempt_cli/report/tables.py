@@ -266,18 +266,30 @@ def _base2novel_views(batch: Sequence[Comparison]) -> list[TableView]:
             if dataset in comparison.columns:
                 cells = [comparison.group.label, *(format_value(comparison.ours(dataset, m)) for m in metrics)]
                 table_rows.append(("ours", cells + [""] * (len(columns) - len(cells))))
+        flags = []
         for row in rows:
             cells = [row.label]
             for metric in metrics:
                 number = row.value(dataset, metric)
-                cells.append(number.formatted() if number is not None else "—")
+                cells.append(_paper_cell(number))
+                if number is not None and number.flagged:
+                    flags.append(f"* {PAPER_TITLES.get(row.paper, row.paper)} Table {row.table}, "
+                                 f"{number.flag_note()}; Δ is against the printed value.")
             cells += [_fmt_delta(batch[0].delta(row, dataset, m)) for m in compared]
             table_rows.append(("paper", cells))
-        views.append(TableView(_title(batch, dataset_title(dataset)), columns, table_rows))
+        views.append(TableView(_title(batch, dataset_title(dataset)), columns, table_rows, flags))
     if not views:  # every dataset skipped: still say so
         views.append(TableView(_title(batch), [""], [("ours", [c.group.label]) for c in batch]))
-    views[-1].notes = _notes(batch)
+    views[-1].notes = views[-1].notes + _notes(batch)
     return views
+
+
+def _paper_cell(number: PaperNumber | None) -> str:
+    """The value as printed; a flagged one (inconsistent with its own table) with its recomputed value beside."""
+    if number is None:
+        return "—"
+    return f"{number.formatted()}* ({number.recomputed:.2f})" if number.recomputed is not None else \
+        number.formatted()
 
 
 def _accuracy_view(batch: Sequence[Comparison]) -> TableView:
@@ -374,7 +386,7 @@ def long_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
                         "setting": group.setting, "shots": None, "dataset": dataset, "metric": metric,
                         "value": number.value, "std": None, "seeds": None,
                         "delta": None if delta is None else round(delta, 4), "source": number.source,
-                        "versus": group.label, "note": "",
+                        "versus": group.label, "note": number.flag_note(),
                     })
     return out
 
