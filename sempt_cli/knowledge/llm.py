@@ -60,18 +60,76 @@ class _NotACompletion(Exception):
     """The endpoint answered 200 with something that is not a chat completion (retryable)."""
 
 
-class _Remaining(dict):  # type: ignore[type-arg]
-    """httpcore's timeout extension, read before every socket operation: each wait is cut to what is left of
-    the request's total time, so trickled headers or body end at the deadline, not one gap later."""
+class _Deadline(threading.local):
+    """The end of the request this thread is sending (monotonic seconds), or None outside one."""
 
-    def __init__(self, timeouts: Mapping[str, float | None], deadline: float) -> None:
-        super().__init__(timeouts)
-        self.deadline = deadline
+    at: float | None = None
 
-    def get(self, key: str, default: float | None = None) -> float | None:  # type: ignore[override]
-        value = super().get(key, default)
-        left = max(self.deadline - time.monotonic(), 0.001)
-        return left if value is None else min(value, left)
+    def cut(self, timeout: float | None) -> float | None:
+        """`timeout`, shortened to what is left of the request (never 0, which would mean non-blocking)."""
+        if self.at is None:
+            return timeout
+        left = max(self.at - time.monotonic(), 0.001)
+        return left if timeout is None else min(timeout, left)
+
+
+class _BoundStream:
+    """A network stream whose every wait ends by the request's deadline: httpcore waits up to the read timeout
+    per socket read, so headers trickled a byte at a time would otherwise never time out."""
+
+    def __init__(self, stream: Any, deadline: _Deadline) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return bytes(self._stream.read(max_bytes, self._deadline.cut(timeout)))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.cut(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        return _BoundStream(self._stream.start_tls(ssl_context, server_hostname, self._deadline.cut(timeout)),
+                            self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _BoundBackend:
+    """httpcore's network backend, handing out `_BoundStream`s."""
+
+    def __init__(self, backend: Any, deadline: _Deadline) -> None:
+        self._backend, self._deadline = backend, deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> _BoundStream:
+        stream = self._backend.connect_tcp(host, port, self._deadline.cut(timeout), local_address, socket_options)
+        return _BoundStream(stream, self._deadline)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> _BoundStream:
+        stream = self._backend.connect_unix_socket(path, self._deadline.cut(timeout), socket_options)
+        return _BoundStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _bound_http_client(deadline: _Deadline) -> Any:
+    """openai's default HTTP client with every connection pool's network backend bound to `deadline`.
+
+    httpx does not expose the pool's backend (httpcore's documented extension point), so it is replaced on the
+    pools the client built; `test_a_trickling_endpoint_ends_within_the_total_timeout` guards this. Were the
+    attributes ever gone, the body would still be bounded by `_post`'s own check between chunks."""
+    import openai
+
+    client = openai.DefaultHttpxClient()
+    for transport in [client._transport, *client._mounts.values()]:
+        pool = getattr(transport, "_pool", None)
+        if pool is not None and hasattr(pool, "_network_backend"):
+            pool._network_backend = _BoundBackend(pool._network_backend, deadline)
+    return client
 
 
 def resolve_api_key(llm: LLMSettings, env: Mapping[str, str] | None = None) -> str:
@@ -209,7 +267,7 @@ class LLMClient:
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._client: Any = None
-        self._deadline = threading.local()
+        self._deadline = _Deadline()
 
     # ------------------------------------------------------------------ requests
     def build(self, messages: Sequence[Message], response_format: Mapping[str, Any] | None) -> ChatRequest:
@@ -248,22 +306,15 @@ class LLMClient:
                 import openai
 
                 key = self._api_key if self._api_key is not None else resolve_api_key(self.llm)
-                http = openai.DefaultHttpxClient(event_hooks={"request": [self._bound_request]})
                 self._client = openai.OpenAI(api_key=key, base_url=self.llm.base_url, timeout=self.llm.timeout,
-                                             max_retries=0, http_client=http)
+                                             max_retries=0, http_client=_bound_http_client(self._deadline))
             return self._client
-
-    def _bound_request(self, request: Any) -> None:
-        """Every socket wait of this request ends by the deadline `_post` set for this thread."""
-        deadline = getattr(self._deadline, "value", None)
-        if deadline is not None:
-            request.extensions["timeout"] = _Remaining(request.extensions.get("timeout") or {}, deadline)
 
     def _post(self, client: Any, request: ChatRequest) -> dict[str, Any]:
         """POST the request and read its answer within `llm.timeout` seconds in all and `llm.max_answer_mb`."""
         limit = int(self.llm.max_answer_mb * 1024 * 1024)
         deadline = time.monotonic() + self.llm.timeout
-        self._deadline.value = deadline
+        self._deadline.at = deadline
         try:
             with client.chat.completions.with_streaming_response.create(**request.body) as response:
                 declared = response.headers.get("content-length", "")
@@ -277,7 +328,7 @@ class LLMClient:
                     if time.monotonic() > deadline:
                         raise _Overdue
         finally:
-            self._deadline.value = None
+            self._deadline.at = None
         try:
             completion = json.loads(body)
         except (UnicodeDecodeError, ValueError):

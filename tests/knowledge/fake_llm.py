@@ -37,6 +37,8 @@ class Reply:
     delay: float = 0.0
     trickle: float = 0.0
     """Seconds between single bytes of the body, sent after the headers (for at most `TRICKLE_FOR` seconds)."""
+    trickle_headers: bool = False
+    """With `trickle`: trickle from the status line on, so even the headers never complete in time."""
     size: int = 0
     """Stream an answer of this many bytes, without a Content-Length, until the client stops reading."""
 
@@ -174,19 +176,24 @@ class FakeLLM:
                                      "message": {"role": "assistant", "content": reply.content}}],
                         "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
                     }
-                sent = self._send(reply.status, payload, reply.headers, reply.trickle)
+                sent = self._send(reply.status, payload, reply.headers, reply.trickle, reply.trickle_headers)
                 record.status = reply.status if sent else -1
 
             def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str],
-                      reply_trickle: float = 0.0) -> bool:
+                      reply_trickle: float = 0.0, trickle_headers: bool = False) -> bool:
                 data = json.dumps(payload).encode()
                 try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
+                    if trickle_headers:
+                        fields = {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}
+                        head = f"HTTP/1.1 {status} Fake\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+                        data = (head + "\r\n").encode() + data
+                    else:
+                        self.send_response(status)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        for name, value in headers.items():
+                            self.send_header(name, value)
+                        self.end_headers()
                     if not reply_trickle:
                         self.wfile.write(data)
                         return True

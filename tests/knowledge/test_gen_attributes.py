@@ -270,10 +270,11 @@ def test_timeouts_are_retried(make_settings: Callable[..., Settings], fake_llm: 
     assert "no answer within 0.5 s" in quiet.file.getvalue()  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
 def test_a_trickling_endpoint_ends_within_the_total_timeout(make_settings: Callable[..., Settings],
-                                                            fake_llm: FakeLLM, quiet: Console) -> None:
+                                                            fake_llm: FakeLLM, quiet: Console, headers: bool) -> None:
     # one byte every 0.1 s never trips a 0.5 s gap timeout; only a bound on the whole request ends it
-    fake_llm.hook = lambda body, hit: Reply(trickle=0.1)
+    fake_llm.hook = lambda body, hit: Reply(trickle=0.1, trickle_headers=headers)
     with pytest.raises(EndpointError, match=r"failed 2 times in a row \(no answer within 0.5 s\)"):
         _run(make_settings(llm__timeout=0.5, llm__retries=1, llm__max_concurrency=1), quiet)
     # timed from the first request's arrival (importing the tokenizer before it may take seconds): two attempts
