@@ -20,6 +20,12 @@ class SemptError(Exception):
         return self.message if self.hint is None else f"{self.message} {self.hint}"
 
 
+def short_quote(text: str, limit: int = 60) -> str:
+    """`text` quoted for a message, cut to its first `limit` characters: a message must stay one sentence even
+    when a file holds a megabyte where a phrase belongs."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
 class SettingsError(SemptError):
     """A setting has a value the tool refuses."""
 

@@ -281,7 +281,12 @@ class LLMSettings(SettingsSection):
         json_schema_extra={"flag": "llm-seed"},
     )
     max_concurrency: int = Field(4, ge=1, description="Requests in flight at once.")
-    timeout: float = Field(120.0, gt=0.0, description="Seconds to wait for one answer before retrying.")
+    timeout: float = Field(
+        120.0, gt=0.0, description="Seconds one request may take in all (headers and answer) before it is retried."
+    )
+    max_answer_mb: float = Field(
+        8.0, gt=0.0, description="Largest answer accepted, in MB; a larger one is discarded unread and stops the run."
+    )
     retries: int = Field(5, ge=0, description="Retries per request on rate limits (429), timeouts and 5xx errors.")
     backoff: float = Field(
         1.0, ge=0.0, description="First retry delay in seconds, doubled per retry (a Retry-After header wins)."
@@ -523,8 +528,14 @@ def _config_file_values(path: Path) -> dict[str, Any]:
             raw = tomllib.load(handle)
     except FileNotFoundError:
         raise SettingsError(f"The config file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise SettingsError(f"The config file {path} is a folder, not a TOML file.") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"The config file {path} is not UTF-8 text (TOML files must be UTF-8).") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"The config file {path} is not valid TOML ({exc}).") from None
+    except OSError as exc:
+        raise SettingsError(f"The config file {path} cannot be read ({exc.strerror or exc}).") from None
     values: dict[str, Any] = {}
     known_sections, known = sections(), fields()
     for section, table in raw.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -64,3 +65,45 @@ def test_bad_settings_give_one_sentence_not_a_traceback(args: list[str], expecte
     assert "Traceback" not in result.stderr
     flat = " ".join(result.stderr.split())
     assert flat.startswith("Error: ") and expected in flat
+
+
+def _main_stderr(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the console entry point in-process; its error output with whitespace collapsed (rich wraps lines)."""
+    from sempt_cli.cli.app import main
+
+    monkeypatch.setattr(sys, "argv", ["sempt", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return " ".join(err.split())
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"[bogus]\nx = 1\n", "has an unknown section [bogus]; known sections are paths,"),
+        (b'[paths]\ndata_root = "caf\xe9"\n', "is not UTF-8 text"),
+        (None, "is a folder, not a TOML file"),
+    ],
+)
+def test_config_file_errors_are_one_sentence_naming_the_file(
+    content: bytes | None, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = tmp_path / "sempt.toml"
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_bytes(content)
+    err = _main_stderr(["config", "show", "--config", str(config)], capsys, monkeypatch)
+    assert err.startswith(f"Error: The config file {config} ") and expected in err
+
+
+def test_paths_with_brackets_keep_them_in_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "runs[best]" / "seed[1]"
+    run.mkdir(parents=True)
+    err = _main_stderr(["eval", str(run / "model.safetensors")], capsys, monkeypatch)
+    assert f"{run / 'model.json'} does not exist" in err

@@ -48,4 +48,4 @@ def ablate(
                           console=Console(stderr=True))
     Console().print(rich_table(ablation_view(result)))
     written = ablation_plot(result, plot or result.path.with_suffix(".png"))
-    Console(stderr=True).print(f"Grid summary: {result.path}\nPlot: {written}")
+    Console(stderr=True, markup=False).print(f"Grid summary: {result.path}\nPlot: {written}")

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sempt_cli.cli.options import METHOD_SECTIONS, resolve_from_options, settings_options
@@ -32,5 +33,5 @@ def show(
     table.add_column("value")
     table.add_column("source", style="dim")
     for key, value, source in resolved.rows():
-        table.add_row(key, str(value), source)
+        table.add_row(key, escape(str(value)), escape(source))
     Console().print(table)

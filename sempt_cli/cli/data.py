@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sempt_cli.cli.options import reflow, resolve_from_options, settings_options
@@ -123,12 +124,12 @@ def check(
                 raise SettingsError(f"Unknown dataset {name!r}; see `sempt data list`.")
             names.append(key)
     statuses = check_data_root(settings.paths.data_root, names, deep=deep)
-    table = Table(title=f"Data root {settings.paths.data_root}", show_lines=True)
+    table = Table(title=f"Data root {escape(str(settings.paths.data_root))}", show_lines=True)
     for column in ("dataset", "state", "details"):
         table.add_column(column, overflow="fold")
     for status in statuses:
         style = _STATE_STYLE[status.state]
-        table.add_row(status.name, f"[{style}]{status.state}[/]", status.message)
+        table.add_row(status.name, f"[{style}]{status.state}[/]", escape(status.message))
     console.print(table)
     if names is not None and any(s.state != "found" for s in statuses):
         raise typer.Exit(1)
@@ -147,6 +148,6 @@ def demo(options: dict[str, Any]) -> None:
     splits = load_dataset(DEMO_KEY, root)
     sizes = splits.split_sizes()
     console.print(
-        f"Demo world at [bold]{root / 'demo'}[/]: {sizes['classes']} classes, "
+        f"Demo world at [bold]{escape(str(root / 'demo'))}[/]: {sizes['classes']} classes, "
         f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test images."
     )

@@ -24,7 +24,7 @@ def embed(
     from sempt_cli.pipeline.embed import embed_classes
 
     settings = resolve_from_options(options).settings
-    console, out = Console(stderr=True), Console()
+    console, out = Console(stderr=True), Console(markup=False)  # paths may hold brackets
     result = embed_classes(teacher, settings, console=console)
     n, d = result.vectors.shape
     out.print(f"Class vectors {'reused' if result.reused else 'computed'}: {n} classes × {d} dims → {result.path}")

@@ -66,4 +66,4 @@ def eval_command(
         from sempt_cli.report.plots import write_plots
 
         written = write_plots(comparisons, settings.eval.plots, settings.eval.compare)
-        Console(stderr=True).print(f"Wrote {len(written)} figure(s) to {settings.eval.plots}")
+        Console(stderr=True, markup=False).print(f"Wrote {len(written)} figure(s) to {settings.eval.plots}")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli.cli.options import METHOD_SECTIONS, overrides_from_options, parse_list, settings_options
 
@@ -53,4 +54,4 @@ def few_shot(
         out.print()
     folder = Path(overrides.get("eval.plots") or DEFAULT_FIGURES)
     written = write_plots(comparisons, folder)
-    console.print(f"Wrote {len(written)} figure(s) to {folder}")
+    console.print(f"Wrote {len(written)} figure(s) to {escape(str(folder))}")

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sempt_cli.cli.options import resolve_from_options, settings_options
@@ -56,10 +57,10 @@ def gen_attributes(
     err, out = Console(stderr=True, highlight=False, soft_wrap=True), Console(highlight=False, soft_wrap=True)
     classnames = all_classnames(dataset)
     if dataset != DEMO_KEY and resolved.sources["paths.data_root"] != "default":
-        err.print(f"Checking the class list against {dataset} under {settings.paths.data_root} ...")
+        err.print(f"Checking the class list against {dataset} under {escape(str(settings.paths.data_root))} ...")
         note = check_against_data(dataset, classnames, settings.paths.data_root)
-        err.print(f"[dim]{note}[/]" if note else
-                  f"Class list agrees with {dataset} under {settings.paths.data_root}.")
+        err.print(f"[dim]{escape(note)}[/]" if note else
+                  f"Class list agrees with {dataset} under {escape(str(settings.paths.data_root))}.")
     target = output or default_output(dataset, settings.paths.attributes_dir)
 
     if dry_run:
@@ -72,7 +73,7 @@ def gen_attributes(
         except SemptError:
             existing = None
         if existing is not None and same_generation(existing, settings, classnames):
-            out.print(f"{target} is up to date ({strategy}, {len(classnames)} classes); nothing to do.")
+            out.print(f"{escape(str(target))} is up to date ({strategy}, {len(classnames)} classes); nothing to do.")
             return
         raise SemptError(f"{target} exists and was made differently (or is invalid).",
                          "Pass --force to replace it, or --output another path.")
@@ -80,12 +81,14 @@ def gen_attributes(
     client = make_client(settings, err) if strategy in ("two-step", "one-step") else None
     if client is not None:
         resolve_api_key(settings.llm)  # fail before anything is printed or sent
-        err.print(f"gen-attributes {dataset} · {strategy} · {settings.llm.model} at {settings.llm.base_url} · "
+        err.print(f"gen-attributes {dataset} · {strategy} · {escape(settings.llm.model)} at "
+                  f"{escape(settings.llm.base_url)} · "
                   f"S={settings.sempt.num_descriptions}"
                   + (f", M_a={settings.sempt.num_attributes}" if strategy == "two-step" else ""))
     attributes = generate_attributes(settings, classnames=classnames, client=client, console=err)
     write_attribute_file(attributes, target)
-    summary = (f"Wrote {target}: {len(attributes.classnames)} classes × {attributes.num_descriptions} descriptions"
+    summary = (f"Wrote {escape(str(target))}: {len(attributes.classnames)} classes × "
+               f"{attributes.num_descriptions} descriptions"
                + (f", {len(attributes.vocabulary)} attributes" if attributes.vocabulary else "")
                + f" ({strategy}).")
     out.print(summary)

@@ -6,15 +6,22 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
 def print_run(title: str, metrics: Mapping[str, float], checkpoint: Path) -> None:
-    """One-row table of a finished run's metrics, then where its checkpoint is."""
-    table = Table(title=title)
-    for key in metrics:
+    """One-row table of a finished run's metrics, what the scores left out, then where its checkpoint is."""
+    from sempt_cli.pipeline.runs import UNREADABLE
+
+    scores = {key: value for key, value in metrics.items() if key != UNREADABLE}
+    table = Table(title=escape(title))
+    for key in scores:
         table.add_column(key, justify="right")
-    table.add_row(*(f"{value:.2f}" for value in metrics.values()))
+    table.add_row(*(f"{value:.2f}" for value in scores.values()))
     console = Console()
     console.print(table)
-    console.print(f"Checkpoint: {checkpoint}")
+    if metrics.get(UNREADABLE):
+        console.print(f"[yellow]These scores leave out {int(metrics[UNREADABLE])} unreadable test image(s) "
+                      "(data.on_corrupt = skip).[/]")
+    console.print(f"Checkpoint: {escape(str(checkpoint))}")

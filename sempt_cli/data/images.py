@@ -13,13 +13,15 @@ then contain a duplicate image.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from sempt_cli.data.records import Sample
 from sempt_cli.errors import DatasetError
@@ -27,9 +29,32 @@ from sempt_cli.errors import DatasetError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ImageDataset", "OnCorrupt", "drop_unreadable", "load_image", "scan_images"]
+__all__ = ["ImageDataset", "OnCorrupt", "WorkerDatasetError", "drop_unreadable", "load_image", "scan_images"]
 
 OnCorrupt = Literal["error", "skip"]
+
+_PACKED = re.compile(r"<<sempt-error (.*?) sempt-error>>")
+
+
+class WorkerDatasetError(DatasetError):
+    """A `DatasetError` raised in a DataLoader worker process, arriving in the main process as one sentence.
+
+    Why: torch re-raises a worker's exception as `type(error)(worker traceback text)`, which would print as
+    "Caught DatasetError in DataLoader worker process 1" and a traceback. In a worker this error's text is its
+    sentence and hint packed between markers; the constructor finds them in torch's text again, so any number
+    of workers gives the sentence that `workers = 0` gives.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        found = _PACKED.search(message)
+        if found is not None:
+            message, hint = json.loads(found.group(1))
+        super().__init__(message, hint)
+
+    def __str__(self) -> str:
+        if get_worker_info() is None:
+            return super().__str__()
+        return f"<<sempt-error {json.dumps([self.message, self.hint])} sempt-error>>"
 
 
 def load_image(path: Path) -> Image.Image:
@@ -104,6 +129,16 @@ class ImageDataset(Dataset):
         return len(self.skipped)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | Any, int, int]:
+        try:
+            return self._item(index)
+        except WorkerDatasetError:
+            raise
+        except DatasetError as exc:
+            if get_worker_info() is None:
+                raise
+            raise WorkerDatasetError(exc.message, exc.hint) from None
+
+    def _item(self, index: int) -> tuple[torch.Tensor | Any, int, int]:
         n = len(self.samples)
         if not -n <= index < n:
             raise IndexError(index)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
@@ -164,7 +165,7 @@ class Trainer:
         if resumed_from and self.dist.is_main:
             self.console.print(
                 f"[bold]Resuming[/] {self.method.name} from epoch {position.epoch}, "
-                f"step {position.step}/{self.batches.steps_per_epoch} ({self.state_path})"
+                f"step {position.step}/{self.batches.steps_per_epoch} ({escape(str(self.state_path))})"
             )
         started = time.perf_counter()
         steps_this_run = 0

@@ -16,13 +16,16 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from sempt_cli.engine.cache import read_cached
 from sempt_cli.engine.loader import SeededImageDataset
 from sempt_cli.engine.runtime import Runtime
+from sempt_cli.errors import SemptError
 from sempt_cli.io import atomic_write_bytes, atomic_write_json
+from sempt_cli.models.checkpoint import non_finite
 
 Encoder = Callable[[Tensor], Tensor]
 
@@ -91,10 +94,16 @@ class ViewFeatureCache:
         if not self.is_cached(epoch) or self._epoch == epoch:
             return
         path = self.path(epoch)
-        if not path.is_file():
-            features = self._compute(epoch)
-            atomic_write_bytes(path, save({"features": features.to(torch.float16).contiguous()}))
-        self._features = load_file(path)["features"].to(self.runtime.device)
+        stored = read_cached(path, self.console) if path.is_file() else None
+        if stored is None or tuple(stored.get("features", torch.empty(0)).shape[:1]) != (len(self.dataset),):
+            features = self._compute(epoch).to(torch.float16).contiguous()
+            bad = non_finite({"features": features})
+            if bad:
+                raise SemptError(f"The teacher's image features for epoch {epoch} hold NaN or infinite values; "
+                                 f"they were not cached in {path}.", "Check the teacher checkpoint.")
+            atomic_write_bytes(path, save({"features": features}))
+            stored = {"features": features}
+        self._features = stored["features"].to(self.runtime.device)
         self._epoch = epoch
 
     @torch.no_grad()

@@ -9,6 +9,11 @@ response format; it never holds the API key, which the official `openai` client 
 Why our own retry loop (the client's is switched off): every wait is visible to the user, a Retry-After
 header (seconds, HTTP date or `retry-after-ms`) is honoured exactly, and an endpoint that asks for a longer
 pause than `MAX_RETRY_AFTER` is reported instead of silently waited on.
+
+Why the answer is read by hand (a streamed raw response, not the parsed completion): `llm.timeout` bounds the
+whole request, not the gap between two bytes, so an endpoint that trickles cannot hang a run; and an answer
+larger than `llm.max_answer_mb` is refused while it is being read, so it is never held in memory, cached, or
+sent back in a re-ask.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli.errors import SemptError
 from sempt_cli.io import atomic_write_json
@@ -44,6 +50,86 @@ Message = dict[str, str]
 
 class EndpointError(SemptError):
     """The endpoint refused a request in a way retrying cannot fix, or kept failing after every retry."""
+
+
+class _Overdue(Exception):
+    """The request as a whole took longer than `llm.timeout` (retryable, like a read timeout)."""
+
+
+class _NotACompletion(Exception):
+    """The endpoint answered 200 with something that is not a chat completion (retryable)."""
+
+
+class _Deadline(threading.local):
+    """The end of the request this thread is sending (monotonic seconds), or None outside one."""
+
+    at: float | None = None
+
+    def cut(self, timeout: float | None) -> float | None:
+        """`timeout`, shortened to what is left of the request (never 0, which would mean non-blocking)."""
+        if self.at is None:
+            return timeout
+        left = max(self.at - time.monotonic(), 0.001)
+        return left if timeout is None else min(timeout, left)
+
+
+class _BoundStream:
+    """A network stream whose every wait ends by the request's deadline: httpcore waits up to the read timeout
+    per socket read, so headers trickled a byte at a time would otherwise never time out."""
+
+    def __init__(self, stream: Any, deadline: _Deadline) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return bytes(self._stream.read(max_bytes, self._deadline.cut(timeout)))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.cut(timeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        return _BoundStream(self._stream.start_tls(ssl_context, server_hostname, self._deadline.cut(timeout)),
+                            self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _BoundBackend:
+    """httpcore's network backend, handing out `_BoundStream`s."""
+
+    def __init__(self, backend: Any, deadline: _Deadline) -> None:
+        self._backend, self._deadline = backend, deadline
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Any = None) -> _BoundStream:
+        stream = self._backend.connect_tcp(host, port, self._deadline.cut(timeout), local_address, socket_options)
+        return _BoundStream(stream, self._deadline)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> _BoundStream:
+        stream = self._backend.connect_unix_socket(path, self._deadline.cut(timeout), socket_options)
+        return _BoundStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _bound_http_client(deadline: _Deadline) -> Any:
+    """openai's default HTTP client with every connection pool's network backend bound to `deadline`.
+
+    httpx does not expose the pool's backend (httpcore's documented extension point), so it is replaced on the
+    pools the client built; `test_a_trickling_endpoint_ends_within_the_total_timeout` guards this. Were the
+    attributes ever gone, the body would still be bounded by `_post`'s own check between chunks."""
+    import openai
+
+    client = openai.DefaultHttpxClient()
+    for transport in [client._transport, *client._mounts.values()]:
+        pool = getattr(transport, "_pool", None)
+        if pool is not None and hasattr(pool, "_network_backend"):
+            pool._network_backend = _BoundBackend(pool._network_backend, deadline)
+    return client
 
 
 def resolve_api_key(llm: LLMSettings, env: Mapping[str, str] | None = None) -> str:
@@ -181,6 +267,7 @@ class LLMClient:
         self.stop = threading.Event()
         self._lock = threading.Lock()
         self._client: Any = None
+        self._deadline = _Deadline()
 
     # ------------------------------------------------------------------ requests
     def build(self, messages: Sequence[Message], response_format: Mapping[str, Any] | None) -> ChatRequest:
@@ -220,36 +307,74 @@ class LLMClient:
 
                 key = self._api_key if self._api_key is not None else resolve_api_key(self.llm)
                 self._client = openai.OpenAI(api_key=key, base_url=self.llm.base_url, timeout=self.llm.timeout,
-                                             max_retries=0)
+                                             max_retries=0, http_client=_bound_http_client(self._deadline))
             return self._client
 
+    def _post(self, client: Any, request: ChatRequest) -> dict[str, Any]:
+        """POST the request and read its answer within `llm.timeout` seconds in all and `llm.max_answer_mb`."""
+        limit = int(self.llm.max_answer_mb * 1024 * 1024)
+        deadline = time.monotonic() + self.llm.timeout
+        self._deadline.at = deadline
+        try:
+            with client.chat.completions.with_streaming_response.create(**request.body) as response:
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > limit:
+                    raise self._oversize()
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise self._oversize()
+                    if time.monotonic() > deadline:
+                        raise _Overdue
+        finally:
+            self._deadline.at = None
+        try:
+            completion = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            raise _NotACompletion from None
+        if not isinstance(completion, dict):
+            raise _NotACompletion
+        return completion
+
+    def _oversize(self) -> EndpointError:
+        return EndpointError(
+            f"{self.llm.base_url} sent an answer larger than llm.max_answer_mb ({self.llm.max_answer_mb:g} MB); "
+            "it was discarded unread, not cached and not sent back.",
+            "Raise --max-answer-mb if answers this long are expected; answers received so far are cached.",
+        )
+
     def _send(self, request: ChatRequest) -> tuple[ChatAnswer, str | None]:
+        import httpx2
         import openai
 
         client = self._openai()
         attempts = self.llm.retries + 1
         for attempt in range(1, attempts + 1):
             try:
-                completion = client.chat.completions.create(**request.body)
+                completion = self._post(client, request)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status not in RETRYABLE_STATUS and status < 500:
                     raise _refused(exc, self.llm) from None
                 problem, headers = f"HTTP {status}", dict(exc.response.headers)
-            except openai.APITimeoutError:
+            except (openai.APITimeoutError, httpx2.TimeoutException, _Overdue):
                 problem, headers = f"no answer within {self.llm.timeout:g} s", None
+            except _NotACompletion:
+                problem, headers = "an answer that is not a JSON chat completion", None
             except openai.APIConnectionError as exc:
                 problem, headers = f"connection failed ({exc.__cause__ or exc})", None
+            except httpx2.TransportError as exc:
+                problem, headers = f"connection failed ({exc})", None
             else:
                 with self._lock:
                     self.usage.sent += 1
                     usage = _usage(completion)
                     self.usage.prompt_tokens += usage.get("prompt_tokens", 0)
                     self.usage.completion_tokens += usage.get("completion_tokens", 0)
-                choice = completion.choices[0] if completion.choices else None
-                content = choice.message.content if choice is not None else None
-                finish = choice.finish_reason if choice is not None else None
-                return ChatAnswer(content, finish, usage), getattr(completion, "model", None)
+                content, finish = _first_choice(completion)
+                model = completion.get("model")
+                return ChatAnswer(content, finish, usage), model if isinstance(model, str) else None
             with self._lock:
                 self.usage.sent += 1
             if attempt == attempts:
@@ -260,8 +385,8 @@ class LLMClient:
             delay = self._delay(attempt, headers, problem)
             with self._lock:
                 self.usage.retries += 1
-            self.console.print(f"[yellow]{problem}[/] from {self.llm.base_url}; retry {attempt}/{self.llm.retries} "
-                               f"in {delay:.1f} s")
+            self.console.print(f"[yellow]{escape(problem)}[/] from {escape(self.llm.base_url)}; "
+                               f"retry {attempt}/{self.llm.retries} in {delay:.1f} s")
             self._wait(delay)
         raise AssertionError("unreachable")
 
@@ -288,16 +413,22 @@ class LLMClient:
             self.sleep(seconds)
 
 
-def _usage(completion: Any) -> dict[str, int]:
-    usage = getattr(completion, "usage", None)
-    if usage is None:
+def _usage(completion: Mapping[str, Any]) -> dict[str, int]:
+    usage = completion.get("usage")
+    if not isinstance(usage, dict):
         return {}
-    out = {}
-    for name in ("prompt_tokens", "completion_tokens"):
-        value = getattr(usage, name, None)
-        if isinstance(value, int):
-            out[name] = value
-    return out
+    return {name: usage[name] for name in ("prompt_tokens", "completion_tokens")
+            if isinstance(usage.get(name), int) and not isinstance(usage[name], bool)}
+
+
+def _first_choice(completion: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(content, finish_reason) of the first choice; None where the endpoint left them out."""
+    choices = completion.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    finish = choice.get("finish_reason")
+    return (content if isinstance(content, str) else None), (finish if isinstance(finish, str) else None)
 
 
 def _refused(exc: Any, llm: LLMSettings) -> EndpointError:

@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sempt_cli.errors import SemptError
+from sempt_cli.data.registry import canonical_dataset_name
+from sempt_cli.errors import SemptError, short_quote
 from sempt_cli.io import atomic_write_json
 
 SCHEMA_VERSION = 1
@@ -76,6 +77,8 @@ class AttributeFile(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> AttributeFile:
+        if canonical_dataset_name(self.dataset) is None:
+            raise ValueError(f"{short_quote(self.dataset)} is not a dataset sempt knows (see `sempt data list`)")
         if len(self.classes) != len(self.classnames):
             raise ValueError(f"{len(self.classes)} class entries for {len(self.classnames)} classnames")
         vocabulary = set(self.vocabulary)
@@ -129,7 +132,13 @@ def load_attribute_file(path: str | Path) -> AttributeFile:
         error = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in error["loc"]) or "the file"
         message = str(error["msg"]).removeprefix("Value error, ")
+        # a key or a value error may quote what the file holds, which may be enormous
+        where, message = _cut(where, 100), _cut(message, 300)
         raise SemptError(f"The attribute file {path} is invalid at {where}: {message}.") from None
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…"
 
 
 def json_schema() -> dict[str, Any]:

@@ -118,7 +118,22 @@ def load_learned(
             f"Checkpoint {tensor_path} does not match its sidecar's sha256: it was modified or only partly written.",
             "Re-run the training that produced it, or restore both files together.",
         )
-    tensors = {k: v.to(device) for k, v in load(data).items()}
+    try:
+        loaded = load(data)
+    except Exception as exc:  # safetensors' own error type: a bad, truncated or absurd header
+        raise WeightsError(
+            f"Checkpoint {tensor_path} is not a readable safetensors file ({_one_line(exc)}).",
+            "Re-run the training that produced it, or restore it from a copy.",
+        ) from None
+    bad = non_finite(loaded)
+    if bad:
+        raise WeightsError(
+            f"Checkpoint {tensor_path} holds NaN or infinite values (in {_some(bad)}); its scores would be "
+            "meaningless.",
+            "The training that produced it diverged or the file was altered; train again (a lower learning rate "
+            "or --precision fp32 may help).",
+        )
+    tensors = {k: v.to(device) for k, v in loaded.items()}
     if expected is not None:
         check_state(tensors, expected, source=str(tensor_path))
     return LearnedCheckpoint(tensors, dict(sidecar.get("metadata") or {}), digest, tensor_path)
@@ -149,6 +164,16 @@ def check_state(
         f"Checkpoint {source} does not fit this model: {'; '.join(parts)}.",
         "Was it trained with another method, backbone, prompt depth/length or class count?",
     )
+
+
+def non_finite(tensors: Mapping[str, Tensor]) -> list[str]:
+    """The keys of floating-point tensors holding NaN or infinity, sorted."""
+    return sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].rstrip(".")[:200] if text else type(exc).__name__
 
 
 def _some(keys: list[str], shown: int = 5) -> str:

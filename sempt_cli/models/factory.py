@@ -20,6 +20,8 @@ import difflib
 import json
 import logging
 import os
+import pickle
+import re
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -285,6 +287,8 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # torch warns about TorchScript archives before refusing them
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise _pickle_refusal(path, exc) from None
         except Exception as exc:
             if "TorchScript" in str(exc):
                 target = path.with_suffix(".safetensors")
@@ -297,6 +301,22 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
                 ) from exc
             raise WeightsError(f"{path} is not a readable weights file: {_one_line(exc)}.") from exc
     return _normalise_state_dict(obj, path)
+
+
+def _pickle_refusal(path: Path, exc: pickle.UnpicklingError) -> WeightsError:
+    """The refusal in our words: torch's own message goes on to suggest loading with weights_only=False, which
+    reads as if sempt had done so (it never does)."""
+    try:
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # not a zip checkpoint (a bare pickle, a legacy file): torch's message may name the global
+        found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+    what = (f"holds pickled Python objects ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''}) besides "
+            "tensors" if found else "holds pickled data beyond plain tensors")
+    return WeightsError(
+        f"{path} {what}, which could run arbitrary code when loaded; sempt reads weights only and did not "
+        "unpickle it.",
+        "If you trust its source, save its tensors as a .safetensors file yourself and pass that file instead.",
+    )
 
 
 def _normalise_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.runtime import Runtime, resolve_runtime
-from sempt_cli.errors import SemptError
+from sempt_cli.errors import SemptError, short_quote
 from sempt_cli.io import sha256_file
 from sempt_cli.knowledge.budget import SPECIAL_TOKENS, description_body
 from sempt_cli.knowledge.generate import all_classnames
@@ -181,7 +181,7 @@ def _check_lengths(tower: PromptedTextTower, attributes: AttributeFile) -> None:
         for description in entry.descriptions:
             needed = _prompt_tokens(tower, description_body(description.text))
             if needed > tower.context_length:
-                over.append(f"{entry.name!r}: {description.text!r} ({needed} tokens)")
+                over.append(f"{short_quote(entry.name)}: {short_quote(description.text)} ({needed} tokens)")
     if over:
         more = f" and {len(over) - 3} more" if len(over) > 3 else ""
         raise SemptError(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli.data import (
     DEMO_KEY,
@@ -61,6 +62,7 @@ def prepare_data(settings: Settings, console: Console | None = None) -> Prepared
         if bad:
             train.train = drop_unreadable(train.train, bad)
             if console is not None:
-                console.print(f"[yellow]Skipped {len(bad)} unreadable training image(s)[/], e.g. {bad[0][0]}")
+                console.print(f"[yellow]Skipped {len(bad)} unreadable training image(s)[/], "
+                              f"e.g. {escape(str(bad[0][0]))}")
     num_base, _ = split_base_new(full.num_classes)
     return PreparedData(full, train, num_base)

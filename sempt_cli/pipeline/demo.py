@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli.models.factory import DEMO_STUDENT, DEMO_TEACHER
 from sempt_cli.pipeline.distill import distill, resolve_distill_settings
@@ -35,7 +36,8 @@ def run_demo(overrides: Mapping[str, Any] | None = None, console: Console | None
         resolved = resolve_with_preset("promptsrc", {**seeded, "model.backbone": DEMO_TEACHER})
         teacher = train_teacher("promptsrc", resolved, console=console)
         vectors = embed_classes(teacher.checkpoint, resolved.settings, console=console)
-        console.print(f"Teacher class vectors for all {len(vectors.classnames)} classes cached at {vectors.path}")
+        console.print(f"Teacher class vectors for all {len(vectors.classnames)} classes cached at "
+                      f"{escape(str(vectors.path))}")
         checkpoints.append(teacher.checkpoint)
         for sempt in (False, True):
             student = resolve_distill_settings("promptkd", teacher.checkpoint, {**seeded, "sempt.enabled": sempt})

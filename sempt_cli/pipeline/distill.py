@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli.engine.distributed import DistContext
 from sempt_cli.engine.loader import SeededImageDataset
@@ -114,7 +115,7 @@ def distill(
         sempt = {"variant": VARIANT, "sempt": inputs.to_json()}
     banner = (f"[bold]distill[/] {baseline}{' w/ SemPT' if sempt else ''} on {data.dataset} ({data.setting}, "
               f"{len(dataset)} unlabelled images, {len(classnames)} classes) · {clip.backbone} ← teacher "
-              f"{teacher_checkpoint} · {mode}")
+              f"{escape(str(teacher_checkpoint))} · {mode}")
     record = life.record("student", baseline, prepared, classnames, teacher_checkpoint=str(teacher_checkpoint),
                          teacher_sha256=teacher_sha, **sempt)
     return life.train(run_dir, method, dataset, prepared, record, banner, mode=mode,

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import Tensor
 
 from sempt_cli import __version__
@@ -338,7 +339,7 @@ def _score_dataset(model: _Model, dataset: str, setting: str, settings: Settings
     try:
         full = load_dataset(dataset, _data_root(dataset, settings))
     except DatasetError as exc:
-        console.print(f"[yellow]Skipping {dataset}[/]: {exc}")
+        console.print(f"[yellow]Skipping {dataset}[/]: {escape(str(exc))}")
         return DatasetResult(dataset, "skipped", message=str(exc))
     if not full.test:
         return DatasetResult(dataset, "skipped", message=f"Dataset {dataset} has no test images.")
@@ -382,11 +383,11 @@ def _evaluate(model: _Model, settings: Settings, setting: str, datasets: Sequenc
         try:
             record = load_record(path)
         except SemptError as exc:
-            console.print(f"[yellow]{exc.message}[/] Evaluating again.")
+            console.print(f"[yellow]{escape(exc.message)}[/] Evaluating again.")
     done = {} if record is None else {d: r for d, r in record.results.items() if r.status == "ok"}
     todo = [d for d in planned if d not in done]
     if record is not None and not todo:
-        console.print(f"[green]Already evaluated[/] — reusing {path}")
+        console.print(f"[green]Already evaluated[/] — reusing {escape(str(path))}")
         record.reused = True
         return record
     comparable, note, backbone = _comparability(model.info, model.settings, planned)

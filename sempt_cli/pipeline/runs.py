@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sempt_cli import __version__
 from sempt_cli.data.transforms import clip_test_transform, clip_train_transform
@@ -40,6 +41,8 @@ from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_se
 
 CHECKPOINT_NAME = "model"
 METRICS_FILE = "metrics.json"
+UNREADABLE = "unreadable"
+"""The metrics key counting test images a score left out (`data.on_corrupt = skip`); absent when none was."""
 COMMON_SECTIONS = ("model", "data", "train")
 NOT_RESULT_AFFECTING = {
     ("model", "device"), ("data", "workers"), ("data", "eval_batch_size"), ("sempt", "inference"),
@@ -136,14 +139,20 @@ def evaluate_protocol(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Scores as the papers report them (base and novel separately, HM) plus all classes competing; the same
-    one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly."""
+    one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly. Test images left out
+    (`data.on_corrupt = skip`) are said at once and counted under `UNREADABLE`, so the saved scores say it too."""
     full = prepared.full
-    counts, _ = score_views(
+    counts, unreadable = score_views(
         method, full.test, full.classnames, views_for(settings.data.setting, full.num_classes),
         clip_test_transform(size), runtime, batch_size=settings.data.eval_batch_size,
         workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, console=console,
     )
-    return metrics_from_counts(settings.data.setting, counts)
+    metrics: dict[str, Any] = metrics_from_counts(settings.data.setting, counts)
+    if unreadable:
+        (console or Console(stderr=True)).print(
+            f"[yellow]{settings.data.dataset}: {unreadable} unreadable test image(s) left out[/]")
+        metrics[UNREADABLE] = unreadable
+    return metrics
 
 
 @dataclass
@@ -181,7 +190,7 @@ class RunLifecycle:
         metrics_path = run_dir / METRICS_FILE
         if not (metrics_path.is_file() and checkpoint.is_file()):
             return None
-        self.console.print(f"[green]Already {what}[/] — reusing {run_dir}")
+        self.console.print(f"[green]Already {what}[/] — reusing {escape(str(run_dir))}")
         saved = json.loads(metrics_path.read_text())
         return TrainedRun(run_dir, checkpoint, saved["metrics"], saved.get("mode", ""))
 
@@ -208,7 +217,7 @@ class RunLifecycle:
         """Train (resuming if interrupted), save the checkpoint with its record, evaluate, write the metrics."""
         checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
         if self.dist.is_main:
-            self.console.print(f"{banner} · {self.runtime.describe()} · run {run_dir}")
+            self.console.print(f"{banner} · {self.runtime.describe()} · run {escape(str(run_dir))}")
         result = Trainer(method, dataset, self.settings, run_dir, self.runtime, self.dist, self.console).fit(
             stop_after_steps)
         if not result.finished:

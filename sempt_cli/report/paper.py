@@ -5,6 +5,10 @@ The CSVs under `results/paper/` were transcribed from PDF extractions whose tabl
 invisible by eye, so `cross_check` re-derives every relation the papers' tables obey (HM from base and
 novel, Average rows from the per-dataset values, the same number in two tables) within the rounding the
 printed precision allows. The number of decimals written in a CSV `value` is the precision assumed.
+
+A printed HM that is not 2·B·N/(B+N) of its own printed base and novel (the papers' slips, README F1) is kept as
+printed, because a reader who looks the number up in the paper must find the same number, and is flagged with
+the HM recomputed from the printed base and novel in the `recomputed` column, shown beside it in every table.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from pathlib import Path
 
 from sempt_cli.errors import SemptError
 
-COLUMNS: tuple[str, ...] = ("paper", "table", "setting", "method", "backbone", "dataset", "metric", "value", "source")
+COLUMNS: tuple[str, ...] = (
+    "paper", "table", "setting", "method", "backbone", "dataset", "metric", "value", "source", "recomputed",
+)
 PAPERS: tuple[str, ...] = ("sempt", "promptkd", "dpt")
 SETTINGS: tuple[str, ...] = ("base2novel", "cross-dataset", "cross-domain", "few-shot", "ablation")
 METRICS: tuple[str, ...] = ("base", "novel", "hm", "accuracy")
@@ -62,6 +68,20 @@ class PaperNumber:
     source: str
     decimals: int = 2
     """Decimals as written in the CSV: the printed precision that rounding tolerances are derived from."""
+    recomputed: float | None = None
+    """For a printed HM that contradicts its printed base and novel: 2·B·N/(B+N) of those, to two decimals."""
+
+    @property
+    def flagged(self) -> bool:
+        """The printed value is the paper's, but inconsistent with its own table (see `recomputed`)."""
+        return self.recomputed is not None
+
+    def flag_note(self) -> str:
+        """What a reader should know beside a flagged value; empty for the others."""
+        if self.recomputed is None:
+            return ""
+        return (f"{self.method} {self.dataset}: printed HM {self.formatted()} is not 2·B·N/(B+N) of the printed "
+                f"base and novel, which give {self.recomputed:.2f}")
 
     @property
     def half_unit(self) -> float:
@@ -115,15 +135,18 @@ def _read_csv(path: Path) -> list[PaperNumber]:
         rows: list[PaperNumber] = []
         for line, row in enumerate(reader, start=2):
             text = (row["value"] or "").strip()
+            recomputed_text = (row["recomputed"] or "").strip()
             try:
                 value = float(text)
+                recomputed = float(recomputed_text) if recomputed_text else None
             except ValueError:
-                raise SemptError(f"{path}:{line}: value {text!r} is not a number.") from None
+                raise SemptError(f"{path}:{line}: value {text!r} or recomputed {recomputed_text!r} is not a "
+                                 "number.") from None
             rows.append(
                 PaperNumber(
                     paper=row["paper"], table=row["table"], setting=row["setting"], method=row["method"],
                     backbone=row["backbone"], dataset=row["dataset"], metric=row["metric"], value=value,
-                    source=row["source"], decimals=_decimals(text),
+                    source=row["source"], decimals=_decimals(text), recomputed=recomputed,
                 )
             )
     return rows
@@ -193,6 +216,8 @@ def _vocabulary(numbers: Sequence[PaperNumber]) -> list[str]:
             out.append(f"{n.label()}: empty source")
         if not (math.isfinite(n.value) and 0.0 <= n.value <= 100.0):
             out.append(f"{n.label()}: value outside [0, 100]")
+        if n.flagged and n.metric != "hm":
+            out.append(f"{n.label()}: only an HM can be flagged with a recomputed value")
     return out
 
 
@@ -219,7 +244,14 @@ def _hm_checks(numbers: Sequence[PaperNumber]) -> tuple[list[str], int]:
         b, v, h = cell["base"], cell["novel"], cell["hm"]
         expected, tol = harmonic_mean(b.value, v.value), hm_tolerance(b, v, h)
         checked += 1
-        if abs(expected - h.value) > tol:
+        if h.recomputed is not None:  # a printed slip: the flag must be needed and its value right
+            if abs(expected - h.value) <= tol:
+                out.append(f"{h.label()}: flagged as inconsistent, but it is the HM of base {b.formatted()} and "
+                           f"novel {v.formatted()} [{h.source}]")
+            elif abs(expected - h.recomputed) > 0.005 + _EPS:
+                out.append(f"{h.label()}: recomputed {h.recomputed:.2f}, but the HM of base {b.formatted()} and "
+                           f"novel {v.formatted()} is {expected:.3f} [{h.source}]")
+        elif abs(expected - h.value) > tol:
             out.append(
                 f"{h.label()}: HM of base {b.formatted()} and novel {v.formatted()} is {expected:.3f} "
                 f"(allowed ±{tol:.3f}) [{h.source}]"

@@ -266,18 +266,30 @@ def _base2novel_views(batch: Sequence[Comparison]) -> list[TableView]:
             if dataset in comparison.columns:
                 cells = [comparison.group.label, *(format_value(comparison.ours(dataset, m)) for m in metrics)]
                 table_rows.append(("ours", cells + [""] * (len(columns) - len(cells))))
+        flags = []
         for row in rows:
             cells = [row.label]
             for metric in metrics:
                 number = row.value(dataset, metric)
-                cells.append(number.formatted() if number is not None else "—")
+                cells.append(_paper_cell(number))
+                if number is not None and number.flagged:
+                    flags.append(f"* {PAPER_TITLES.get(row.paper, row.paper)} Table {row.table}, "
+                                 f"{number.flag_note()}; Δ is against the printed value.")
             cells += [_fmt_delta(batch[0].delta(row, dataset, m)) for m in compared]
             table_rows.append(("paper", cells))
-        views.append(TableView(_title(batch, dataset_title(dataset)), columns, table_rows))
+        views.append(TableView(_title(batch, dataset_title(dataset)), columns, table_rows, flags))
     if not views:  # every dataset skipped: still say so
         views.append(TableView(_title(batch), [""], [("ours", [c.group.label]) for c in batch]))
-    views[-1].notes = _notes(batch)
+    views[-1].notes = views[-1].notes + _notes(batch)
     return views
+
+
+def _paper_cell(number: PaperNumber | None) -> str:
+    """The value as printed; a flagged one (inconsistent with its own table) with its recomputed value beside."""
+    if number is None:
+        return "—"
+    return f"{number.formatted()}* ({number.recomputed:.2f})" if number.recomputed is not None else \
+        number.formatted()
 
 
 def _accuracy_view(batch: Sequence[Comparison]) -> TableView:
@@ -300,16 +312,17 @@ def _accuracy_view(batch: Sequence[Comparison]) -> TableView:
 
 def rich_table(view: TableView) -> Any:
     """A rich `Table`: ours rows bold, paper rows plain, notes as the caption."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=view.title, caption="\n".join(view.notes) or None, caption_justify="left",
+    table = Table(title=escape(view.title), caption=escape("\n".join(view.notes)) or None, caption_justify="left",
                   title_justify="left")
     label_width = min(24, max((len(cells[0]) for _, cells in view.rows), default=0))  # never squeezed away
     for i, column in enumerate(view.columns):
         table.add_column(column, justify="left" if i == 0 else "right", no_wrap=i > 0,
                          min_width=label_width if i == 0 else None)
     for kind, cells in view.rows:
-        table.add_row(*cells, style="bold cyan" if kind == "ours" else None)
+        table.add_row(*(escape(cell) for cell in cells), style="bold cyan" if kind == "ours" else None)
     return table
 
 
@@ -373,7 +386,7 @@ def long_rows(comparisons: Sequence[Comparison]) -> list[dict[str, Any]]:
                         "setting": group.setting, "shots": None, "dataset": dataset, "metric": metric,
                         "value": number.value, "std": None, "seeds": None,
                         "delta": None if delta is None else round(delta, 4), "source": number.source,
-                        "versus": group.label, "note": "",
+                        "versus": group.label, "note": number.flag_note(),
                     })
     return out
 

@@ -100,6 +100,22 @@ def test_corrupt_image_error_mode_names_the_path(scratch: Path) -> None:
         dataset[2]
 
 
+def test_corrupt_image_is_one_sentence_with_any_number_of_workers(scratch: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    samples = _samples(scratch)
+    write_corrupt_image(samples[1].path)
+    messages = []
+    for workers in (0, 2):
+        loader = DataLoader(ImageDataset(samples, clip_test_transform(8)), batch_size=1, num_workers=workers)
+        with pytest.raises(DatasetError) as info:
+            list(loader)
+        messages.append((info.value.message, info.value.hint))
+    assert messages[0] == messages[1]
+    assert messages[1][0].startswith(f"Image {samples[1].path} cannot be read (UnidentifiedImageError")
+    assert "DataLoader worker" not in str(messages[1]) and "\n" not in messages[1][0]
+
+
 def test_truncated_image_is_corrupt(scratch: Path) -> None:
     path = scratch / "big.jpg"
     Image.effect_noise((64, 64), 50).convert("RGB").save(path, quality=95)

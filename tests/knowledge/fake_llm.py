@@ -2,7 +2,8 @@
 
 By default it answers like a perfect model: it reads the requested ids, names, vocabulary and counts from the
 prompt and returns valid JSON. `hook(body, hit)` may return a `Reply` to inject faults (malformed JSON, a
-429 with Retry-After, a 500, a slow answer, a wrong answer) for chosen requests. Every request is recorded
+429 with Retry-After, a 500, a slow answer, a trickled answer, an enormous answer, a wrong answer) for chosen
+requests. Every request is recorded
 (`hits`) with its status, so tests can count requests and prove that none was repeated.
 """
 
@@ -17,6 +18,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+TRICKLE_FOR = 5.0
+"""A trickled answer ends (the connection closes) after this long, so no test can hang on one."""
+CHUNK = 64 * 1024
+
 CLASS_LINE = re.compile(r'^\{"id": (\d+), "name": "(.*)"\}$', re.M)
 
 
@@ -30,6 +35,12 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] | None = None
     delay: float = 0.0
+    trickle: float = 0.0
+    """Seconds between single bytes of the body, sent after the headers (for at most `TRICKLE_FOR` seconds)."""
+    trickle_headers: bool = False
+    """With `trickle`: trickle from the status line on, so even the headers never complete in time."""
+    size: int = 0
+    """Stream an answer of this many bytes, without a Content-Length, until the client stops reading."""
 
 
 @dataclass
@@ -39,6 +50,7 @@ class Hit:
     path: str
     status: int = 0
     time: float = 0.0
+    bytes_sent: int = 0
 
     @property
     def key(self) -> str:
@@ -150,6 +162,9 @@ class FakeLLM:
                 reply = fake._reply(body, number)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.size:
+                    record.status = reply.status if self._send_huge(reply.size, record) else -1
+                    return
                 if reply.status != 200:
                     payload: dict[str, Any] = reply.raw or {"error": {"message": f"scripted {reply.status}",
                                                                        "type": "test"}}
@@ -161,20 +176,55 @@ class FakeLLM:
                                      "message": {"role": "assistant", "content": reply.content}}],
                         "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150},
                     }
-                record.status = reply.status if self._send(reply.status, payload, reply.headers) else -1
+                sent = self._send(reply.status, payload, reply.headers, reply.trickle, reply.trickle_headers)
+                record.status = reply.status if sent else -1
 
-            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str]) -> bool:
+            def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str],
+                      reply_trickle: float = 0.0, trickle_headers: bool = False) -> bool:
                 data = json.dumps(payload).encode()
                 try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.end_headers()
-                    self.wfile.write(data)
+                    if trickle_headers:
+                        fields = {"Content-Type": "application/json", "Content-Length": str(len(data)), **headers}
+                        head = f"HTTP/1.1 {status} Fake\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+                        data = (head + "\r\n").encode() + data
+                    else:
+                        self.send_response(status)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(data)))
+                        for name, value in headers.items():
+                            self.send_header(name, value)
+                        self.end_headers()
+                    if not reply_trickle:
+                        self.wfile.write(data)
+                        return True
+                    start = time.monotonic()
+                    for byte in range(len(data)):
+                        if time.monotonic() - start > TRICKLE_FOR:
+                            return False
+                        self.wfile.write(data[byte : byte + 1])
+                        self.wfile.flush()
+                        time.sleep(reply_trickle)
                     return True
                 except (BrokenPipeError, ConnectionResetError):
                     return False  # the client gave up (a timeout test)
+
+            def _send_huge(self, size: int, record: Hit) -> bool:
+                """A valid completion whose content is `size` bytes of 'x', written chunk by chunk (never whole)."""
+                head = b'{"id": "chatcmpl-huge", "object": "chat.completion", "choices": [{"index": 0, ' \
+                       b'"finish_reason": "stop", "message": {"role": "assistant", "content": "'
+                filler = b"x" * CHUNK
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(head)
+                    record.bytes_sent = len(head)
+                    while record.bytes_sent < size:
+                        self.wfile.write(filler)
+                        record.bytes_sent += len(filler)
+                    self.wfile.write(b'"}}]}')
+                    return True
+                except (BrokenPipeError, ConnectionResetError):
+                    return False
 
         return Handler

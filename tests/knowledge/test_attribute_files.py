@@ -111,6 +111,26 @@ def test_invalid_attribute_files_fail_in_one_sentence(tmp_path: Path) -> None:
         load_attribute_file(tmp_path / "missing.json")
 
 
+def test_a_foreign_dataset_field_is_one_sentence(tmp_path: Path) -> None:
+    data = demo_attribute_file().to_json()
+    data["dataset"] = "../../etc/passwd"
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SemptError, match=r"invalid at the file: '../../etc/passwd' is not a dataset sempt knows"):
+        load_attribute_file(path)
+
+
+def test_enormous_values_are_quoted_by_a_short_prefix(tmp_path: Path) -> None:
+    data = demo_attribute_file().to_json()
+    data["classes"][0]["descriptions"][0]["attributes"] = ["x" * 1_000_000]
+    data["y" * 1_000_000] = 1
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SemptError) as info:
+        load_attribute_file(path)
+    assert len(str(info.value)) < 600 and str(tmp_path) in str(info.value)
+
+
 def test_descriptions_must_use_distinct_vocabulary_combinations() -> None:
     names = ["a", "b"]
     answer = {"classes": [{"id": 0, "name": "a", "descriptions": [

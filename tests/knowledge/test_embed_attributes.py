@@ -106,6 +106,18 @@ def test_descriptions_that_would_be_cut_are_refused(teacher: tuple[Path, Setting
         embed_attributes(checkpoint, tmp_path / "long.json", _with_encoder(settings, "teacher-prompted"))
 
 
+def test_an_enormous_description_is_quoted_by_a_short_prefix(teacher: tuple[Path, Settings],
+                                                            tmp_path: Path) -> None:
+    checkpoint, settings = teacher
+    data = demo_attribute_file().to_json()
+    data["classes"][4]["descriptions"][2]["text"] = "striped " * 131_072  # 1 MB
+    (tmp_path / "huge.json").write_text(json.dumps(data))
+    with pytest.raises(SemptError, match=r"1 descriptions do not fit .*'striped striped .*… \(1,048,576 characters\)"
+                       ) as info:
+        embed_attributes(checkpoint, tmp_path / "huge.json", _with_encoder(settings, "teacher-prompted"))
+    assert len(str(info.value)) < 600
+
+
 def test_class_list_must_match_the_teacher(teacher: tuple[Path, Settings], tmp_path: Path) -> None:
     checkpoint, settings = teacher
     data = names_file("demo", NAMES, 6).to_json()

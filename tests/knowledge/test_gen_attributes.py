@@ -270,6 +270,39 @@ def test_timeouts_are_retried(make_settings: Callable[..., Settings], fake_llm: 
     assert "no answer within 0.5 s" in quiet.file.getvalue()  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("headers", [False, True], ids=["body", "headers"])
+def test_a_trickling_endpoint_ends_within_the_total_timeout(make_settings: Callable[..., Settings],
+                                                            fake_llm: FakeLLM, quiet: Console, headers: bool) -> None:
+    # one byte every 0.1 s never trips a 0.5 s gap timeout; only a bound on the whole request ends it
+    fake_llm.hook = lambda body, hit: Reply(trickle=0.1, trickle_headers=headers)
+    with pytest.raises(EndpointError, match=r"failed 2 times in a row \(no answer within 0.5 s\)"):
+        _run(make_settings(llm__timeout=0.5, llm__retries=1, llm__max_concurrency=1), quiet)
+    # timed from the first request's arrival (importing the tokenizer before it may take seconds): two attempts
+    # of 0.5 s, the backoff, and some slack
+    assert time.monotonic() - fake_llm.hits[0].time < 2 * 0.5 + 0.6
+    assert files_under(make_settings().paths.cache_dir / "llm-requests") == []
+
+
+def test_an_enormous_answer_is_refused_unread_and_not_cached(make_settings: Callable[..., Settings],
+                                                            fake_llm: FakeLLM, quiet: Console) -> None:
+    import tracemalloc
+
+    size = 50 * 1024 * 1024
+    fake_llm.hook = lambda body, hit: Reply(size=size)
+    settings = make_settings(llm__max_answer_mb=2, llm__max_concurrency=1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(EndpointError, match=r"larger than llm.max_answer_mb \(2 MB\).*not cached"):
+            _run(settings, quiet)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024 * 1024  # bounded by the cap, not by the 50 MB answer
+    assert len(fake_llm.hits) == 1  # neither retried nor re-asked (so never echoed back)
+    assert fake_llm.hits[0].bytes_sent < size  # the client stopped reading
+    assert files_under(settings.paths.cache_dir / "llm-requests") == []
+
+
 def test_retries_exhausted_is_one_clear_error(make_settings: Callable[..., Settings], fake_llm: FakeLLM,
                                               quiet: Console) -> None:
     fake_llm.hook = lambda body, hit: Reply(status=503)

@@ -74,6 +74,38 @@ def test_hash_mismatch_and_missing_files(tmp_path: Path) -> None:
         load_learned(tmp_path / "other")
 
 
+def _with_consistent_sidecar(path: Path, data: bytes) -> None:
+    """Replace a checkpoint's tensor file and update its sidecar's hash to match, as a careful forger would."""
+    path.write_bytes(data)
+    sidecar = path.with_suffix(".json")
+    fields = json.loads(sidecar.read_text())
+    fields["sha256"] = sha256_file(path)
+    sidecar.write_text(json.dumps(fields))
+
+
+@pytest.mark.parametrize("damage", ["bad header", "truncated", "header length 2^40"])
+def test_corrupt_tensor_file_with_a_consistent_sidecar_names_the_file(tmp_path: Path, damage: str) -> None:
+    import struct
+
+    path = save_learned(tmp_path / "ckpt", {"w": torch.ones(3)}, {})
+    data = path.read_bytes()
+    forged = {"bad header": struct.pack("<Q", 16) + b"{not json at all}" + data[8:],
+              "truncated": data[: len(data) - 5],
+              "header length 2^40": struct.pack("<Q", 2**40) + data[8:]}[damage]
+    _with_consistent_sidecar(path, forged)
+    with pytest.raises(WeightsError, match=r"Checkpoint .*ckpt\.safetensors is not a readable safetensors file"):
+        load_learned(tmp_path / "ckpt")
+
+
+def test_non_finite_learned_tensors_are_refused(tmp_path: Path) -> None:
+    save_learned(tmp_path / "nan", {"w": torch.full((3,), float("nan")), "ok": torch.ones(2)}, {})
+    with pytest.raises(WeightsError, match=r"nan\.safetensors holds NaN or infinite values \(in w\)"):
+        load_learned(tmp_path / "nan")
+    save_learned(tmp_path / "inf", {"w": torch.tensor([1.0, float("inf")]), "steps": torch.tensor(3)}, {})
+    with pytest.raises(WeightsError, match=r"inf\.safetensors holds NaN or infinite values \(in w\)"):
+        load_learned(tmp_path / "inf")
+
+
 def test_key_and_shape_mismatches_are_named(tmp_path: Path) -> None:
     save_learned(tmp_path / "ckpt", {"prompts.tokens.0": torch.zeros(4, 8), "extra": torch.zeros(1)}, {})
     expected = {"prompts.tokens.0": torch.zeros(2, 8), "prompts.tokens.1": torch.zeros(2, 8)}

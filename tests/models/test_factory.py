@@ -218,6 +218,35 @@ def test_unreadable_files(tmp_path: Path) -> None:
     assert "convert_torchscript" in (info.value.hint or "")
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("layout", ["torch.save", "bare pickle"])
+def test_a_pickle_passed_as_weights_is_refused_in_our_words(tmp_path: Path, layout: str) -> None:
+    import pickle
+
+    marker = tmp_path / "ran"
+    payload = {"state_dict": {"w": torch.zeros(2)}, "evil": _Payload(str(marker))}
+    path = tmp_path / "weights.pt"
+    if layout == "torch.save":
+        torch.save(payload, path)
+    else:
+        path.write_bytes(pickle.dumps(payload, protocol=4))
+    with pytest.raises(WeightsError, match=r"weights\.pt holds pickled .*did not unpickle it") as info:
+        read_state_dict(path)
+    text = f"{info.value.message} {info.value.hint}"
+    assert "weights_only" not in text and "Re-running" not in text and "\x1b" not in text
+    assert not marker.exists()
+
+
+class _Payload:
+    """Would leave a file behind if it were ever unpickled."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (Path.write_text, (Path(self.marker), "ran"))
+
+
 def test_registered_local_pretrained_file(tmp_path: Path, student: LoadedClip) -> None:
     save_file(_state(student), str(tmp_path / "student.safetensors"))
     register_pretrained_file(DEMO_STUDENT, "demo-test", tmp_path / "student.safetensors")

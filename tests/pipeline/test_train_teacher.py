@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,30 @@ def test_promptsrc_resume_equals_uninterrupted(demo_cache: Path, tmp_path: Path)
         assert (a[key] == b[key]).all(), key
     assert resumed.metrics == full.metrics
     assert set(full.metrics) == {"base", "novel", "hm", "all"}
+
+
+def test_own_evaluation_says_what_on_corrupt_skip_left_out(demo_cache: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.console import Console
+
+    from sempt_cli.cli.render import print_run
+    from sempt_cli.data import load_dataset
+    from sempt_cli.data.demo import ensure_demo_world
+
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache / "demo-world", cache / "demo-world")
+    test_image = load_dataset("demo", ensure_demo_world(cache)).test[0].path
+    test_image.write_bytes(b"this is not an image")
+    settings = _small(cache, tmp_path / "out", **{"data.on_corrupt": "skip", "train.epochs": 1, "data.shots": 1})
+    run = train_teacher("promptsrc", resolve_with_preset("promptsrc", settings, env={}),
+                        console=Console(stderr=True, width=200))
+    assert run.metrics["unreadable"] == 1
+    print_run("promptsrc on demo", run.metrics, run.checkpoint)
+    captured = capsys.readouterr()
+    assert "demo: 1 unreadable test image(s) left out" in captured.err
+    assert "These scores leave out 1 unreadable test image(s)" in captured.out
+    again = train_teacher("promptsrc", resolve_with_preset("promptsrc", settings, env={}))  # reused: still said
+    assert again.metrics["unreadable"] == 1
 
 
 def test_presets_sit_below_user_values(demo_cache: Path, tmp_path: Path) -> None:

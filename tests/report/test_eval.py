@@ -256,6 +256,17 @@ def test_tables_put_ours_next_to_paper_rows_with_deltas() -> None:
         build_comparisons(aggregate([_record(1, _b2n(98.0, 80.0))]), compare=["PromptKX"])
 
 
+def test_a_printed_hm_the_paper_contradicts_is_shown_as_printed_with_the_recomputed_one() -> None:
+    comparisons = build_comparisons(aggregate([_record(1, _b2n(90.0, 80.0), dataset="ucf101")]), compare=["PromptKD"])
+    markdown = render(comparisons, "markdown")
+    assert "| paper: PromptKD (SemPT Table 1) | 89.71 | 82.27 | 86.10* (85.83) | — |" in markdown
+    assert "printed HM 86.10 is not 2·B·N/(B+N) of the printed base and novel, which give 85.83" in markdown
+    assert f"{harmonic_mean(90.0, 80.0) - 86.10:+.2f}" in markdown  # Δ against the paper's number
+    rows = list(csv.DictReader(io.StringIO(render(comparisons, "csv"))))
+    [hm] = [r for r in rows if r["kind"] == "paper" and r["metric"] == "hm"]
+    assert float(hm["value"]) == 86.10 and "85.83" in hm["note"]
+
+
 def test_demo_results_get_no_paper_rows_and_say_why() -> None:
     demo = _record(1, _b2n(90.0, 70.0), dataset="demo", backbone="sempt-demo-student", comparable=False)
     [comparison] = build_comparisons(aggregate([demo]))

@@ -35,10 +35,10 @@ from sempt_cli.report.paper import (
 )
 
 EXPECTED_ROWS = {  # (paper, table) -> rows; a lost or added row must be a deliberate change
-    ("sempt", "1"): 565, ("sempt", "2"): 166, ("sempt", "3"): 90,
+    ("sempt", "1"): 573, ("sempt", "2"): 166, ("sempt", "3"): 90,
     ("sempt", "4a"): 9, ("sempt", "4b"): 9, ("sempt", "4c"): 12, ("sempt", "4d"): 12, ("sempt", "4e"): 9,
     ("sempt", "fig4"): 1,
-    ("promptkd", "1"): 196, ("promptkd", "2"): 55, ("promptkd", "3"): 27, ("promptkd", "9"): 50,
+    ("promptkd", "1"): 198, ("promptkd", "2"): 55, ("promptkd", "3"): 27, ("promptkd", "9"): 50,
     ("promptkd", "10"): 33, ("promptkd", "11"): 12,
     ("dpt", "1"): 96, ("dpt", "2"): 60, ("dpt", "3"): 18,
 }
@@ -68,8 +68,9 @@ def test_every_csv_has_exactly_the_long_format_columns_and_no_empty_field() -> N
             reader = csv.reader(handle)
             assert tuple(next(reader)) == COLUMNS, path
             for row in reader:
-                assert len(row) == len(COLUMNS) and all(cell.strip() for cell in row), (path, row)
+                assert len(row) == len(COLUMNS) and all(cell.strip() for cell in row[:-1]), (path, row)
                 assert re.fullmatch(r"\d{1,3}\.\d{1,2}", row[7]), (path, row)
+                assert row[-1] == "" or (row[6] == "hm" and re.fullmatch(r"\d{1,3}\.\d{2}", row[-1])), (path, row)
 
 
 def test_vocabulary_types_and_sources(numbers: list[PaperNumber]) -> None:
@@ -117,7 +118,7 @@ def test_settings_and_backbones_per_table(numbers: list[PaperNumber]) -> None:
 def test_hm_equals_two_b_n_over_b_plus_n(numbers: list[PaperNumber]) -> None:
     summary = run_checks(numbers)
     assert summary.hm == []
-    assert summary.hm_checked == 283
+    assert summary.hm_checked == 283 + 10  # + the flagged printed HMs (README F1), checked as flagged
 
 
 def test_per_dataset_values_average_to_the_average_row(numbers: list[PaperNumber]) -> None:
@@ -236,20 +237,53 @@ def test_dpt_numbers_quoted_in_its_text_and_ablation_tables(numbers: list[PaperN
 
 
 def test_omitted_numbers_stay_out(numbers: list[PaperNumber]) -> None:
-    """README O3–O6: printed values that fail a check are left out, not repaired."""
+    """README O3, O5, O6: printed values that fail a check and whose culprit is unclear are left out."""
     omitted = [
         ("sempt", "1", "MetaPrompt", AVERAGE, "base"), ("sempt", "1", "MetaPrompt", AVERAGE, "hm"),
-        ("sempt", "1", "MetaPrompt", "stanford_cars", "hm"), ("sempt", "1", "KIM", "fgvc_aircraft", "hm"),
-        ("sempt", "1", "PromptKD", "stanford_cars", "hm"), ("sempt", "1", "PromptKD", "ucf101", "hm"),
-        ("sempt", "1", "MMRL", "dtd", "hm"), ("sempt", "1", "HPT", AVERAGE, "hm"),
-        ("sempt", "1", "ArGue", "fgvc_aircraft", "hm"), ("sempt", "1", "ProText", "stanford_cars", "hm"),
-        ("sempt", "1", "MMA", "ucf101", "novel"), ("promptkd", "1", "PromptKD", "stanford_cars", "hm"),
-        ("promptkd", "1", "PromptKD", "ucf101", "hm"), ("sempt", "2", "CoPrompt", AVERAGE, "accuracy"),
+        ("sempt", "1", "MMA", "ucf101", "novel"), ("sempt", "2", "CoPrompt", AVERAGE, "accuracy"),
         ("sempt", "2", "ProText", AVERAGE, "accuracy"),
     ]
     for key in omitted:
         assert lookup(*key, numbers=numbers) is None, key
     assert not any(n.dataset == "caltech101" for n in numbers if (n.paper, n.table) == ("promptkd", "1"))
+
+
+FLAGGED = {  # README F1: (paper, method, dataset) -> (printed HM, HM of the printed base and novel)
+    ("sempt", "MetaPrompt", "stanford_cars"): (75.48, 75.67), ("sempt", "KIM", "fgvc_aircraft"): (30.1, 40.09),
+    ("sempt", "PromptKD", "stanford_cars"): (83.13, 83.08), ("sempt", "PromptKD", "ucf101"): (86.10, 85.83),
+    ("sempt", "MMRL", "dtd"): (73.82, 73.92), ("sempt", "HPT", AVERAGE): (80.23, 80.42),
+    ("sempt", "ArGue", "fgvc_aircraft"): (40.41, 40.01), ("sempt", "ProText", "stanford_cars"): (68.84, 69.84),
+    ("promptkd", "PromptKD", "stanford_cars"): (83.13, 83.08), ("promptkd", "PromptKD", "ucf101"): (86.10, 85.83),
+}
+
+
+def test_inconsistent_printed_hms_keep_the_papers_number_flagged(numbers: list[PaperNumber]) -> None:
+    """README F1: a reader who looks the number up in the paper finds it, with the recomputed value beside it."""
+    flagged = {(n.paper, n.method, n.dataset): (n.value, n.recomputed) for n in numbers if n.flagged}
+    assert flagged == FLAGGED
+    for (paper, method, dataset), (printed, _) in FLAGGED.items():
+        assert lookup(paper, "1", method, dataset, "hm", numbers=numbers) == printed
+
+
+MMRL_DTD_BASE = ("dtd,base,85.67,\"SemPT Table 1, block 'SUN397', row 'MMRL (CVPR25)', 2nd Base/Novel/HM group, "
+                 "Base [L338; C1]\",")
+
+
+@pytest.mark.parametrize(
+    ("find", "new", "expect"),
+    [
+        # a flag on a consistent HM would hide nothing but mislead the reader
+        ("2nd Base/Novel/HM group, HM [L337; C1]\",\n", "2nd Base/Novel/HM group, HM [L337; C1]\",77.94\n",
+         "flagged as inconsistent, but it is the HM"),
+        # a wrong recomputed value
+        ("[L338; C1; F1]\",73.92", "[L338; C1; F1]\",73.29", "recomputed 73.29"),
+        # a flag on a base value
+        (MMRL_DTD_BASE, MMRL_DTD_BASE + "85.67", "only an HM can be flagged"),
+    ],
+)
+def test_a_wrong_flag_trips_the_checks(tmp_path: Path, find: str, new: str, expect: str) -> None:
+    violations = _corrupt(tmp_path, "sempt_table1.csv", find, new)
+    assert any(expect in v for v in violations), violations
 
 
 # ---------------------------------------------------------------- API
@@ -263,7 +297,7 @@ def test_lookup_harmonic_mean_and_loader(numbers: list[PaperNumber], tmp_path: P
     assert lookup("promptkd", "10", "PromptKD teacher", "imagenet", "hm", numbers=numbers) == 79.91
     assert harmonic_mean(0.0, 0.0) == 0.0 and harmonic_mean(50.0, 50.0) == 50.0
     assert {n.paper for n in load_paper_numbers("promptkd")} == {"promptkd"}
-    assert sum(len(load_paper_numbers(paper)) for paper in PAPERS) == len(numbers) == 1420
+    assert sum(len(load_paper_numbers(paper)) for paper in PAPERS) == len(numbers) == 1430
     with pytest.raises(SemptError, match="No paper-number CSVs"):
         load_paper_numbers(directory=tmp_path)
     (tmp_path / "bad.csv").write_text("paper,table,value\nsempt,1,3.0\n")
