@@ -229,6 +229,10 @@ class TrainSettings(SettingsSection):
     warmup_lr: float = Field(1e-5, gt=0.0, description="Learning rate during warm-up.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between resumable checkpoints.")
+    select: Literal["last", "official-best"] = Field(
+        "last", description="Model kept at the end: last = the final epoch's; official-best = the epoch with the best "
+        "base-class accuracy on the *test* split, as the official PromptKD code selects (selects on test data).",
+    )
 
 
 class PromptSettings(SettingsSection):

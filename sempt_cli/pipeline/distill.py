@@ -6,8 +6,9 @@ student (prompts + projector; with SemPT also the fusion MLP, and T_atr from the
 the teacher, cached) trained by the shared engine → checkpoint → base/novel evaluation against the teacher's
 class vectors (SemPT: T_lbl for the teacher's seen classes, T_enh for the others).
 
-Model selection: the official code keeps the epoch with the best *base test* accuracy (selection on test data,
-spec §5.2). We report the last epoch's student, which needs no test data during training.
+Model selection (`train.select`): the official code keeps the epoch with the best *base test* accuracy
+(selection on test data, spec §5.2). By default we report the last epoch's student, which needs no test data
+during training; `--select official-best` reproduces the official protocol and says that it selects on test data.
 """
 
 from __future__ import annotations
@@ -40,11 +41,13 @@ from sempt_cli.pipeline.sempt import VARIANT, SemptSource, apply_sempt, attribut
 from sempt_cli.pipeline.teacher import (
     CHECKPOINT_NAME,
     METRICS_FILE,
+    epoch_selection,
     evaluate_protocol,
     image_size,
     load_teacher,
     run_key,
     run_sections,
+    selection_record,
 )
 from sempt_cli.protocol import Batch, Method
 from sempt_cli.settings import ResolvedSettings, Settings, load_settings
@@ -143,7 +146,8 @@ def distill(
         console.print(f"[bold]distill[/] {baseline}{' w/ SemPT' if sempt else ''} on {data.dataset} "
                       f"({data.setting}, {len(dataset)} unlabelled images, {len(classnames)} classes) · "
                       f"{clip.backbone} ← teacher {teacher_checkpoint} · {runtime.describe()} · {mode}")
-    result = Trainer(method, dataset, settings, run_dir, runtime, dist, console).fit(stop_after_steps)
+    selection = epoch_selection(method, prepared, settings, runtime, size, dist)
+    result = Trainer(method, dataset, settings, run_dir, runtime, dist, console, selection).fit(stop_after_steps)
     if not result.finished:
         return StudentRun(run_dir, checkpoint, {}, mode)
     metadata = {
@@ -154,10 +158,11 @@ def distill(
     }
     if dist.is_main:
         save_learned(checkpoint, method.trainable_state(), metadata)
-    metrics = evaluate_protocol(method, prepared, settings, runtime, size, console)
+    metrics = evaluate_protocol(method, prepared, settings, runtime, size, console, dist)
     if dist.is_main:
         atomic_write_json(run_dir / METRICS_FILE, {"metrics": metrics, "mode": mode, "train_seconds": result.seconds,
-                                                    "steps": result.steps, "settings_sources": resolved.sources})
+                                                    "steps": result.steps, "settings_sources": resolved.sources,
+                                                    **selection_record(result)})
     return StudentRun(run_dir, checkpoint, metrics, mode)
 
 

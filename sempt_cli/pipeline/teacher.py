@@ -25,7 +25,7 @@ from sempt_cli.engine.distributed import DistContext, init_distributed
 from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_for
 from sempt_cli.engine.loader import SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
-from sempt_cli.engine.trainer import Trainer
+from sempt_cli.engine.trainer import EpochSelection, Trainer, TrainResult
 from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
 from sempt_cli.methods import Method, get_method
 from sempt_cli.models.checkpoint import load_learned, save_learned
@@ -104,19 +104,54 @@ def build_method(name: str, clip: LoadedClip, classnames: list[str], settings: S
 
 def evaluate_protocol(
     method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, image_size: int,
-    console: Console | None = None,
+    console: Console | None = None, dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Scores as the papers report them (base and novel separately, HM) plus all classes competing; the same
-    one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly."""
+    one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly. Under `torchrun` the
+    ranks share the test images instead of each scoring all of them."""
     from sempt_cli.data.transforms import clip_test_transform
 
     full = prepared.full
     counts, _ = score_views(
         method, full.test, full.classnames, views_for(settings.data.setting, full.num_classes),
         clip_test_transform(image_size), runtime, batch_size=settings.data.eval_batch_size,
-        workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, console=console,
+        workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, console=console, dist=dist,
     )
     return metrics_from_counts(settings.data.setting, counts)
+
+
+def epoch_selection(
+    method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, image_size: int,
+    dist: DistContext | None = None,
+) -> EpochSelection:
+    """What `train.select = official-best` maximises, as the official PromptKD code (spec §3.5): in base-to-novel
+    the accuracy among the base classes on their test images (Dassl's `val` split there), elsewhere the accuracy
+    on the test split (the official `val = test`)."""
+    from sempt_cli.data.transforms import clip_test_transform
+
+    full = prepared.full
+    view = views_for(settings.data.setting, full.num_classes)[0]  # base2novel: base; else all classes
+    samples = [s for s in full.test if view.start <= s.label < view.stop]
+    quiet = Console(quiet=True)  # the training progress bar is live meanwhile
+
+    def score() -> float:
+        counts, _ = score_views(
+            method, samples, full.classnames, [view], clip_test_transform(image_size), runtime,
+            batch_size=settings.data.eval_batch_size, workers=settings.data.workers,
+            on_corrupt=settings.data.on_corrupt, console=quiet, dist=dist,
+        )
+        return metrics_from_counts("accuracy", counts)[view.name]
+
+    what = "base-class accuracy on the test split" if view.name == "base" else "accuracy on the test split"
+    return EpochSelection(score, what)
+
+
+def selection_record(result: TrainResult) -> dict[str, Any]:
+    """For metrics.json: which epoch `official-best` kept and every epoch's score (nothing for `last`)."""
+    if result.selected_epoch is None:
+        return {}
+    return {"selected_epoch": result.selected_epoch,
+            "epoch_scores": {str(epoch): score for epoch, score in sorted(result.epoch_scores.items())}}
 
 
 def image_size(clip: LoadedClip) -> int:
@@ -168,7 +203,8 @@ def train_teacher(
     size = image_size(clip)
     augment = clip_train_transform(size, scale=(settings.data.crop_scale_min, 1.0))
     dataset = SeededImageDataset(prepared.train.train, augment, settings.data.seed, settings.data.on_corrupt)
-    result = Trainer(method, dataset, settings, run_dir, runtime, dist, console).fit(stop_after_steps)
+    selection = epoch_selection(method, prepared, settings, runtime, size, dist)
+    result = Trainer(method, dataset, settings, run_dir, runtime, dist, console, selection).fit(stop_after_steps)
     if not result.finished:
         return TeacherRun(run_dir, checkpoint, {})
     metadata = {
@@ -181,10 +217,10 @@ def train_teacher(
     }
     if dist.is_main:
         save_learned(checkpoint, method.trainable_state(), metadata)
-    metrics = evaluate_protocol(method, prepared, settings, runtime, size, console)
+    metrics = evaluate_protocol(method, prepared, settings, runtime, size, console, dist)
     if dist.is_main:
         atomic_write_json(metrics_path, {"metrics": metrics, "train_seconds": result.seconds, "steps": result.steps,
-                                         "settings_sources": resolved.sources})
+                                         "settings_sources": resolved.sources, **selection_record(result)})
     return TeacherRun(run_dir, checkpoint, metrics)
 
 
