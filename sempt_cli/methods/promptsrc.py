@@ -20,6 +20,8 @@ Deliberate differences from the official code, each numerically negligible and d
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -199,14 +201,21 @@ class PromptSRC(Method):
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
     def _frozen_text_targets(clip: LoadedClip, classnames: Sequence[str], cache: TensorCache | None) -> Tensor:
+        half = any(p.dtype == torch.float16 for p in clip.model.parameters())
+
         def compute() -> dict[str, Tensor]:
-            return {"features": template_ensemble(clip, classnames, IMAGENET_TEMPLATES)}
+            source = clip
+            if half:  # the official code encodes them with a CLIP cast to fp32 (spec §2.2), from the fp16 values
+                source = dataclasses.replace(clip, model=copy.deepcopy(clip.model).float())
+            return {"features": template_ensemble(source, classnames, IMAGENET_TEMPLATES)}
 
         identity = backbone_identity(clip)
         if cache is None or identity is None:
             return compute()["features"]
         inputs = {"backbone": identity, "classnames": list(classnames), "templates": list(IMAGENET_TEMPLATES),
                   "pooling": "mean-then-normalise"}
+        if half:  # from fp16-rounded weights: equal to the fp32 entry for OpenAI's fp16-stored weights only
+            inputs["weights"] = "fp16-rounded"
         tensors, _ = cache.get_or_compute("template-ensemble", inputs, compute)
         return tensors["features"].to(next(clip.model.parameters()).device)
 

@@ -116,7 +116,7 @@ def distill(
     runtime = resolve_runtime(settings.model, dist.local_rank)
     teacher_sha = load_learned(teacher_checkpoint).sha256
     seed_everything(settings.data.seed)
-    clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir)
+    clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir, half=runtime.half_weights)
     data = settings.data
     run_dir = student_run_dir(baseline, settings, f"{backbone_identity(clip)}|teacher:{teacher_sha}")
     checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
@@ -129,7 +129,8 @@ def distill(
     classnames = prepared.full.classnames
     vectors = embed_classes(teacher_checkpoint, settings, classnames=classnames, console=console).vectors
     vectors = vectors.to(runtime.device)
-    teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
+    teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)},
+                           half=runtime.half_weights)
     teacher.eval()
     size = image_size(clip)
     augment = clip_train_transform(size, scale=(data.crop_scale_min, 1.0))

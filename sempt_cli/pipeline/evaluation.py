@@ -145,7 +145,8 @@ class _Model(ABC):
         """Load the backbone the first time a dataset actually needs scoring (a reused record needs none)."""
         if self.clip is None:
             seed_everything(self.settings.data.seed)  # a random-init backbone is rebuilt exactly as in training
-            self.clip = load_backbone(self.settings.model, runtime.device, self.settings.paths.cache_dir)
+            self.clip = load_backbone(self.settings.model, runtime.device, self.settings.paths.cache_dir,
+                                      half=runtime.half_weights)  # today's precision, not the training run's
             self.loaded(runtime)
         return self.clip
 

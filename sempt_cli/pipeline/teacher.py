@@ -177,7 +177,7 @@ def train_teacher(
     settings = resolved.settings
     runtime = resolve_runtime(settings.model, dist.local_rank)
     seed_everything(settings.data.seed)
-    clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir)
+    clip = load_backbone(settings.model, runtime.device, settings.paths.cache_dir, half=runtime.half_weights)
     run_dir = teacher_run_dir(method_name, settings, backbone_identity(clip), sempt=sempt)
     checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
     metrics_path = run_dir / METRICS_FILE
@@ -230,14 +230,18 @@ def sidecar_settings(meta: Mapping[str, Any], paths: PathSettings) -> Settings:
     return settings_model().model_validate({**meta["settings"], "paths": paths.model_dump()})
 
 
-def load_teacher(checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None) -> Method:
+def load_teacher(
+    checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None, *, half: bool = False
+) -> Method:
     """Rebuild a trained teacher from its checkpoint alone (the sidecar carries backbone and settings);
-    `overrides` may only set `paths.*`."""
+    `overrides` may only set `paths.*`; `half`: the backbone in the official fp16 layout (the caller's runtime,
+    not the precision the teacher was trained with). Training-only inputs (PromptSRC's 60-template targets) are
+    not built."""
     sidecar = load_learned(checkpoint)
     meta = sidecar.metadata
     settings = sidecar_settings(meta, load_settings(overrides, env={}).settings.paths)
     seed_everything(settings.data.seed)  # a randomly initialised backbone is rebuilt exactly as in training
-    clip = load_backbone(settings.model, device, settings.paths.cache_dir)
+    clip = load_backbone(settings.model, device, settings.paths.cache_dir, half=half)
     method = build_method(meta["method"], clip, meta["train_classnames"], settings)
     method.load_trainable_state(sidecar.tensors, source=str(checkpoint))
     return method
