@@ -54,7 +54,7 @@ CONFIG_ENV_VAR = "SEMPT_CONFIG"
 DEFAULT_CONFIG_FILE = Path("sempt.toml")
 STANDARD_SHOTS = (1, 2, 4, 8, 16)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "amp"]
 EvalSetting = Literal["base2novel", "cross-dataset", "cross-domain", "few-shot"]
 Subsample = Literal["all", "base", "new"]
 
@@ -115,7 +115,9 @@ class ModelSettings(SettingsSection):
     )
     checkpoint: Path | None = Field(None, description="Local weights file for the backbone (overrides --pretrained).")
     precision: Precision = Field(
-        "auto", description="auto = bf16 autocast on CUDA when supported, fp32 otherwise."
+        "auto", description="auto = bf16 autocast on CUDA when supported, fp32 otherwise; fp16 = the official "
+        "PromptSRC/PromptKD arithmetic (fp16 weights and activations, no loss scaling; also on CPU); amp = fp16 "
+        "autocast over fp32 weights with loss scaling (MMRL's PREC amp).",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
 

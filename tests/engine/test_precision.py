@@ -10,7 +10,8 @@ import dataclasses
 import pytest
 import torch
 
-from sempt_cli.engine.runtime import resolve_runtime
+from sempt_cli.engine.runtime import Runtime, resolve_runtime
+from sempt_cli.errors import SettingsError
 from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptsrc import PromptSRC
 from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
@@ -33,6 +34,10 @@ def test_fp16_runs_on_cpu_without_loss_scaling() -> None:
     assert FP16.device.type == "cpu" and FP16.amp_dtype is torch.float16
     assert FP16.half_weights and not FP16.uses_grad_scaler  # the official code scales no loss, skips no step
     assert not resolve_runtime(ModelSettings(device="cpu", precision="fp32")).half_weights
+    amp = Runtime(torch.device("cuda", 0), torch.float16)  # MMRL's PREC amp: fp32 weights, scaled fp16 autocast
+    assert amp.uses_grad_scaler and not amp.half_weights
+    with pytest.raises(SettingsError, match="amp"):
+        resolve_runtime(ModelSettings(device="cpu", precision="amp"))
 
 
 def test_fp16_weights_are_the_official_layout(clips: tuple[LoadedClip, LoadedClip]) -> None:
