@@ -12,11 +12,11 @@ import torch
 
 from sempt_cli.engine.runtime import Runtime, resolve_runtime
 from sempt_cli.errors import SettingsError
-from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptsrc import PromptSRC
 from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
 from sempt_cli.models.factory import to_official_fp16
 from sempt_cli.models.prompted import PromptedTextTower, PromptedVisionTower, PromptSpec
+from sempt_cli.protocol import Batch
 from sempt_cli.settings import ModelSettings, load_settings
 
 FP16 = resolve_runtime(ModelSettings(device="cpu", precision="fp16"))

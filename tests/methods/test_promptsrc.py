@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sempt_cli.methods import promptsrc
-from sempt_cli.methods.base import Batch
 from sempt_cli.methods.promptsrc import PromptSRC
 from sempt_cli.models import LoadedClip
+from sempt_cli.protocol import Batch
 from sempt_cli.settings import load_settings
 
 
