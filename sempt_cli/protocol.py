@@ -122,6 +122,10 @@ class Method(nn.Module, ABC):
     image_side_needs_classes: ClassVar[bool] = False
     """True when image embeddings depend on the candidate classes (DPT's class-aware visual prompts): evaluation
     then encodes images once per class list with `image_embeddings_among`."""
+    unused_parameters: ClassVar[bool] = False
+    """True when some trainable parameter can get no gradient in a training step (DPT's K-way head when no ground
+    truth is among the top classes): DistributedDataParallel must then look for unused parameters, an extra
+    autograd traversal every step that every other method is spared."""
     settings_sections: ClassVar[tuple[str, ...]] = ()
     """Settings sections, besides model, data and train, that shape what this method learns (its run key)."""
     supervised: ClassVar[bool] = True

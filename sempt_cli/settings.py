@@ -54,7 +54,7 @@ CONFIG_ENV_VAR = "SEMPT_CONFIG"
 DEFAULT_CONFIG_FILE = Path("sempt.toml")
 STANDARD_SHOTS = (1, 2, 4, 8, 16)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "amp"]
 EvalSetting = Literal["base2novel", "cross-dataset", "cross-domain", "few-shot"]
 Subsample = Literal["all", "base", "new"]
 
@@ -123,7 +123,9 @@ class ModelSettings(SettingsSection):
     )
     checkpoint: Path | None = Field(None, description="Local weights file for the backbone (overrides --pretrained).")
     precision: Precision = Field(
-        "auto", description="auto = bf16 autocast on CUDA when supported, fp32 otherwise."
+        "auto", description="auto = bf16 autocast on CUDA when supported, fp32 otherwise; fp16 = the official "
+        "PromptSRC/PromptKD arithmetic (fp16 weights and activations, no loss scaling; also on CPU); amp = fp16 "
+        "autocast over fp32 weights with loss scaling (MMRL's PREC amp).",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
 
@@ -237,6 +239,10 @@ class TrainSettings(SettingsSection):
     warmup_lr: float = Field(1e-5, gt=0.0, description="Learning rate during warm-up.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between resumable checkpoints.")
+    select: Literal["last", "official-best"] = Field(
+        "last", description="Model kept at the end: last = the final epoch's; official-best = the epoch with the best "
+        "base-class accuracy on the *test* split, as the official PromptKD code selects (selects on test data).",
+    )
 
 
 class PromptSettings(SettingsSection):

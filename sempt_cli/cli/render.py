@@ -11,9 +11,13 @@ from rich.table import Table
 
 
 def print_run(title: str, metrics: Mapping[str, float], checkpoint: Path) -> None:
-    """One-row table of a finished run's metrics, what the scores left out, then where its checkpoint is."""
+    """One-row table of a finished run's metrics, what the scores left out, then where its checkpoint is; under
+    `torchrun` from rank 0 only (every rank returns the same metrics)."""
+    from sempt_cli.engine.distributed import is_main_process
     from sempt_cli.pipeline.runs import UNREADABLE
 
+    if not is_main_process():
+        return
     scores = {key: value for key, value in metrics.items() if key != UNREADABLE}
     table = Table(title=escape(title))
     for key in scores:

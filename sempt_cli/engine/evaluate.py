@@ -18,6 +18,7 @@ from torch import Tensor
 
 from sempt_cli.data.records import Sample
 from sempt_cli.data.subsample import split_base_new
+from sempt_cli.engine.distributed import DistContext, all_reduce_sum
 from sempt_cli.engine.runtime import Runtime
 from sempt_cli.protocol import Method
 
@@ -68,15 +69,21 @@ def score_views(
     description: str = "eval",
     in_domain: bool = True,
     console: Console | None = None,
+    dist: DistContext | None = None,
 ) -> tuple[dict[str, dict[str, int]], int]:
     """Correct/total per view from one pass over `samples` (each image is encoded once, however many views
     score it), and the number of unreadable images left out (with `on_corrupt = skip`; the loader would
     otherwise substitute a neighbour, which would count one image twice). `in_domain`: the images come from the
-    dataset `method` was trained on (`Method.classifier`)."""
+    dataset `method` was trained on (`Method.classifier`). Under `torchrun` (`dist` with several processes) each
+    rank scores every world_size-th image and the counts are summed over ranks, so the job encodes each image
+    once and every rank returns the same totals; only rank 0 shows progress."""
     from torch.utils.data import DataLoader
 
     from sempt_cli.data.images import ImageDataset
 
+    if dist is not None and dist.enabled:
+        samples = list(samples)[dist.rank :: dist.world_size]
+        console = console if dist.is_main else Console(quiet=True)
     method.eval()
     counts = {v.name: {"correct": 0, "total": 0} for v in views}
     unreadable = position = 0
@@ -112,4 +119,10 @@ def score_views(
                     predicted = logits.argmax(dim=-1).cpu() + view.start
                     counts[view.name]["correct"] += int((predicted == labels[mask]).sum())
                     counts[view.name]["total"] += int(mask.sum())
+    if dist is not None and dist.enabled:
+        flat = [value for v in views for value in (counts[v.name]["correct"], counts[v.name]["total"])]
+        summed = all_reduce_sum(dist, torch.tensor([*flat, unreadable], dtype=torch.long, device=runtime.device))
+        totals = summed.tolist()
+        counts = {v.name: {"correct": totals[2 * i], "total": totals[2 * i + 1]} for i, v in enumerate(views)}
+        unreadable = totals[-1]
     return counts, unreadable

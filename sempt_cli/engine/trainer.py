@@ -8,14 +8,21 @@ after an interruption — even `kill -9` — continues where the last checkpoint
 parameters as an uninterrupted run.
 
 The optimizer step sees `data.batch_size` images however they are split: across `world_size` processes and
-`grad_accum_steps` micro-batches. Losses that are per-image means therefore train identically either way.
+`grad_accum_steps` micro-batches. Losses that are per-image means therefore train identically either way. A
+BatchNorm normalises over what one forward sees: across processes its statistics are summed over every rank
+(`GlobalBatchNorm`), so several processes train as one; across accumulated micro-batches they cannot be, so a
+run that accumulates with a BatchNorm method (PromptKD's projector) says so at its start.
+
+Model selection (`train.select`): `last` keeps the final parameters; `official-best` scores the model after
+every epoch with the caller's `EpochSelection` (the official PromptKD protocol: base-class accuracy on the test
+split) and keeps the best epoch, as Dassl's `best_val` does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +33,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from sempt_cli.engine.distributed import DistContext, barrier
+from sempt_cli.engine.distributed import DistContext, barrier, has_batchnorm, sync_batchnorms
 from sempt_cli.engine.loader import EpochBatches, SeededImageDataset, make_loader
-from sempt_cli.engine.runtime import Runtime
+from sempt_cli.engine.runtime import Runtime, preserved_rng
 from sempt_cli.engine.schedule import epoch_learning_rate
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.io import atomic_open, atomic_write_json
@@ -52,7 +59,8 @@ class _LossModule(nn.Module):
 
 @dataclass
 class TrainResult:
-    """What a finished (or resumed-and-finished) run reports."""
+    """What a finished (or resumed-and-finished) run reports; with `official-best` selection, which epoch was
+    kept and every epoch's selection score."""
 
     epochs: int
     steps: int
@@ -60,6 +68,17 @@ class TrainResult:
     seconds: float
     finished: bool
     last_losses: dict[str, float] = field(default_factory=dict)
+    selected_epoch: int | None = None
+    epoch_scores: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EpochSelection:
+    """How `train.select = official-best` scores a model after an epoch: `score()` (higher is better; every rank
+    calls it) and what it measures, for the run's warning."""
+
+    score: Callable[[], float]
+    describe: str
 
 
 @dataclass
@@ -81,6 +100,7 @@ class Trainer:
         runtime: Runtime,
         dist: DistContext | None = None,
         console: Console | None = None,
+        selection: EpochSelection | None = None,
     ) -> None:
         self.method = method
         self.dataset = dataset
@@ -100,6 +120,12 @@ class Trainer:
             num_items=len(dataset), batch_size=settings.data.batch_size, seed=settings.data.seed,
             world_size=self.dist.world_size, rank=self.dist.rank, micro_batches=train.grad_accum_steps,
         )
+        if self.dist.enabled:
+            sync_batchnorms(method)  # before the optimizer and DDP see the modules; parameters are shared
+        self.notes = self._notes(settings, selection)
+        self.selection = selection if settings.train.select == "official-best" else None
+        self._scores: dict[int, float] = {}
+        self._best: tuple[int, dict[str, torch.Tensor]] | None = None
         params = [p for p in method.parameters() if p.requires_grad]
         if not params:
             raise SemptError(f"Method {method.name} has no trainable parameters with these settings.")
@@ -113,8 +139,32 @@ class Trainer:
         module: nn.Module = _LossModule(method)
         if self.dist.enabled:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+            module = nn.parallel.DistributedDataParallel(  # the extra graph traversal only where it is needed
+                module, device_ids=device_ids, find_unused_parameters=method.unused_parameters)
         self.loss_module = module
+
+    def _notes(self, settings: Settings, selection: EpochSelection | None) -> list[str]:
+        """Warnings a run prints at its start: where its result is not what a plain run would give."""
+        notes = []
+        train, batch = settings.train, settings.data.batch_size
+        if train.grad_accum_steps > 1 and has_batchnorm(self.method):
+            micro = batch // train.grad_accum_steps
+            notes.append(
+                f"{self.method.name} has BatchNorm, which normalises over what one forward sees: with "
+                f"--grad-accum-steps {train.grad_accum_steps} its statistics come from micro-batches of {micro} "
+                f"images, not the {batch} of a step, so results differ from --grad-accum-steps 1 "
+                "(several GPUs do not change them: BatchNorm is synchronised over processes)."
+            )
+        if train.select == "official-best":
+            if selection is None:
+                raise SettingsError(
+                    "train.select = 'official-best' is not available for this run; use --select last."
+                )
+            notes.append(
+                f"--select official-best keeps the epoch with the best {selection.describe}, as the official "
+                "PromptKD code does: these results are selected on test data (--select last for a clean protocol)."
+            )
+        return notes
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -130,6 +180,11 @@ class Trainer:
             "extra": {k: v.detach().cpu() for k, v in self.method.extra_state().items()},
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "selection": {
+                "scores": [[epoch, score] for epoch, score in sorted(self._scores.items())],
+                "best_epoch": None if self._best is None else self._best[0],
+                "best": {} if self._best is None else self._best[1],
+            },
         }
         with atomic_open(self.state_path, "wb") as handle:
             torch.save(state, handle)
@@ -153,6 +208,10 @@ class Trainer:
         self.method.load_extra_state(state["extra"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        selection = state.get("selection") or {}
+        self._scores = {int(epoch): float(score) for epoch, score in selection.get("scores", [])}
+        best_epoch = selection.get("best_epoch")
+        self._best = None if best_epoch is None else (int(best_epoch), dict(selection["best"]))
         epoch, step, global_step = (int(v) for v in state["position"])
         return _Position(epoch, step, global_step)
 
@@ -162,6 +221,9 @@ class Trainer:
         train = self.settings.train
         position = self._load_state()
         resumed_from = position.global_step
+        if self.dist.is_main:
+            for note in self.notes:
+                self.console.print(f"[yellow]Warning:[/] {note}")
         if resumed_from and self.dist.is_main:
             self.console.print(
                 f"[bold]Resuming[/] {self.method.name} from epoch {position.epoch}, "
@@ -205,12 +267,38 @@ class Trainer:
                         return TrainResult(position.epoch, position.global_step, resumed_from,
                                            time.perf_counter() - started, False, last)
                 self.method.on_epoch_end(position.epoch, train.epochs)
+                if position.epoch < train.epochs:  # the last epoch is scored after on_train_end (its GPA model)
+                    self._consider(position.epoch)
                 position.epoch += 1
                 position.step = 0
                 self._save_state(position)
         self.method.on_train_end()
+        selected = None
+        if self.selection is not None:
+            if train.epochs not in self._scores:
+                self._consider(train.epochs)
+            assert self._best is not None
+            selected = self._best[0]
+            self.method.load_trainable_state(self._best[1], source=f"the best epoch ({selected})")
+            if self.dist.is_main:
+                self.console.print(f"Selected epoch {selected} of {train.epochs} "
+                                   f"({self.selection.describe} {self._scores[selected]:.2f})")
         barrier(self.dist)
-        return TrainResult(train.epochs, position.global_step, resumed_from, time.perf_counter() - started, True, last)
+        return TrainResult(train.epochs, position.global_step, resumed_from, time.perf_counter() - started, True, last,
+                           selected, dict(self._scores))
+
+    def _consider(self, epoch: int) -> None:
+        """Score the model after `epoch` and keep its parameters if it beats every earlier epoch (ties keep the
+        earlier one, as Dassl's `curr_result > best_result`)."""
+        if self.selection is None:
+            return
+        self.method.eval()  # BatchNorm's running statistics, as at test time
+        with preserved_rng():  # scoring must not change what training draws next
+            score = float(self.selection.score())
+        self.method.train()
+        self._scores[epoch] = score
+        if self._best is None or score > self._scores[self._best[0]]:
+            self._best = (epoch, {k: v.detach().cpu().clone() for k, v in self.method.trainable_state().items()})
 
     def _optimizer_step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
         parts: dict[str, float] = {}

@@ -311,6 +311,8 @@ class DPT(Method):
         self.vision = PromptedVisionTower(visual, PromptSpec(depth, prompts.vision_length),
                                           prompts=DualVisionPrompts(deep, cavpt))
         self.image_side_needs_classes = bool(cavpt)
+        # the K-way head gets no gradient in a step whose images have no ground truth among their top-K_N (Eq. 8)
+        self.unused_parameters = bool(cavpt)
         self.text: PromptedTextTower | None = None
         if self.variant != "vpt":
             self.text = PromptedTextTower(self.backbone, PromptSpec(prompts.text_depth, prompts.text_length),

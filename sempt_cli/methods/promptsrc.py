@@ -20,6 +20,8 @@ Deliberate differences from the official code, each numerically negligible and d
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -107,8 +109,8 @@ class PromptSRC(Method):
         )
         self.train_prompts = self.text.class_prompts(self.train_classnames)
         self._other_prompts: dict[tuple[str, ...], ClassPrompts] = {}
-        targets = self._frozen_text_targets(clip, self.train_classnames, cache) if self.use_consistency else None
-        self.register_buffer("frozen_text", targets, persistent=False)
+        self._cache = cache
+        self._frozen_text: Tensor | None = None  # training only: encoded on first use (see frozen_text)
         self._aggregate: dict[str, Tensor] | None = None
 
     # ------------------------------------------------------------------ protocol
@@ -143,13 +145,24 @@ class PromptSRC(Method):
         extra = self._consistency(batch, image, text) if self.use_consistency else None
         return TrainingForward(image, text, cross_entropy, extra)
 
+    def frozen_text(self) -> Tensor:
+        """t_zs, the frozen text features over 60 templates: needed by training only, so they are encoded (or read
+        from the cache) on the first training step, never when a trained model is loaded to evaluate, embed or
+        teach (60 text passes per class: minutes for a ViT-B/16 on CPU). Encoded outside autocast, in the
+        precision of the weights, so the cached targets do not depend on the run's autocast dtype."""
+        device = self.backbone.logit_scale.device
+        if self._frozen_text is None:
+            with torch.autocast(device_type=device.type, enabled=False):
+                self._frozen_text = self._frozen_text_targets(self.clip, self.train_classnames, self._cache)
+        return self._frozen_text.to(device)
+
     def _consistency(self, batch: Batch, image: Tensor, text: Tensor) -> LossOutput:
         """The self-regulating terms: L1 to the frozen features and KL to the frozen logits."""
-        assert self.frozen_text is not None
         scale = self.logit_scale()
+        frozen_text = self.frozen_text()
         with torch.no_grad():
             zs_image = F.normalize(self.backbone.encode_image(batch.images), dim=-1)
-            zs_text = F.normalize(self.frozen_text, dim=-1)
+            zs_text = F.normalize(frozen_text, dim=-1)
             zs_logits = scale * zs_image @ zs_text.t().to(zs_image.dtype)
         logits = self.logits(image, text)
         text_weight, image_weight, logits_weight = self.weights
@@ -188,14 +201,21 @@ class PromptSRC(Method):
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
     def _frozen_text_targets(clip: LoadedClip, classnames: Sequence[str], cache: TensorCache | None) -> Tensor:
+        half = any(p.dtype == torch.float16 for p in clip.model.parameters())
+
         def compute() -> dict[str, Tensor]:
-            return {"features": template_ensemble(clip, classnames, IMAGENET_TEMPLATES)}
+            source = clip
+            if half:  # the official code encodes them with a CLIP cast to fp32 (spec §2.2), from the fp16 values
+                source = dataclasses.replace(clip, model=copy.deepcopy(clip.model).float())
+            return {"features": template_ensemble(source, classnames, IMAGENET_TEMPLATES)}
 
         identity = backbone_identity(clip)
         if cache is None or identity is None:
             return compute()["features"]
         inputs = {"backbone": identity, "classnames": list(classnames), "templates": list(IMAGENET_TEMPLATES),
                   "pooling": "mean-then-normalise"}
+        if half:  # from fp16-rounded weights: equal to the fp32 entry for OpenAI's fp16-stored weights only
+            inputs["weights"] = "fp16-rounded"
         tensors, _ = cache.get_or_compute("template-ensemble", inputs, compute)
         return tensors["features"].to(next(clip.model.parameters()).device)
 

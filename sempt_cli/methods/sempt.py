@@ -166,6 +166,7 @@ class SemPT(Method):
     ) -> None:
         super().__init__(base.train_classnames)
         self.image_side_needs_classes = base.image_side_needs_classes
+        self.unused_parameters = base.unused_parameters
         if dim is None:
             if attributes is None:
                 raise SemptError("SemPT needs the description embeddings (or their width) to build its fusion MLP.")

@@ -469,3 +469,18 @@ def _quiet_open_clip() -> Iterator[None]:
 class _DropRandomInitWarning(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return "No pretrained weights loaded" not in record.getMessage()
+
+
+def to_official_fp16(model: nn.Module) -> nn.Module:
+    """Put a frozen CLIP in place into the official PromptSRC/PromptKD arithmetic (CLIP's `convert_weights`, spec
+    §1.4): Conv/Linear/attention weights and biases and the `proj`/`text_projection` matrices in fp16, LayerNorms
+    computing in fp32 and returning fp16, embeddings and `logit_scale` fp32. Run under fp16 autocast, the
+    residual streams are then fp16 and prompts enter them cast to fp16, as the official `.half()` does."""
+    from open_clip.model import convert_weights_to_lp
+    from open_clip.transformer import LayerNormFp32
+
+    convert_weights_to_lp(model, torch.float16)  # the same tensors as the official convert_weights
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm) and not isinstance(module, LayerNormFp32):
+            module.__class__ = LayerNormFp32  # same parameters; computes in fp32 like OpenAI's LayerNorm
+    return model

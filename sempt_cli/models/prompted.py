@@ -224,7 +224,7 @@ class PromptedVisionTower(_PromptedTower):
     def embed(self, images: Tensor) -> tuple[Tensor, int]:
         """Patch + CLS + positions, layer-0 prompts appended, then ln_pre over everything (spec §1.1)."""
         v = self.visual
-        x = v.conv1(images)
+        x = v.conv1(images.to(v.conv1.weight.dtype))  # fp16 weights take fp16 images (official `image.type`)
         x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls = v.class_embedding.view(1, 1, -1).expand(x.shape[0], -1, -1).to(x.dtype)
         x = torch.cat([cls, x], dim=1)

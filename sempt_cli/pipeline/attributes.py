@@ -86,7 +86,8 @@ def embed_attributes(
 
     def compute() -> dict[str, Tensor]:
         runtime = resolve_runtime(settings.model)
-        teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
+        teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)},
+                               half=runtime.half_weights)
         teacher.eval()
         label = f"the {encoder} text encoder ({record.backbone})"
         return {"vectors": _encode(_text_tower(teacher, encoder), attributes, runtime, console, label)}

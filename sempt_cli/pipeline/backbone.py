@@ -7,14 +7,17 @@ from pathlib import Path
 import torch
 
 from sempt_cli.errors import SettingsError
-from sempt_cli.models.factory import LoadedClip, load_clip
+from sempt_cli.models.factory import LoadedClip, load_clip, to_official_fp16
 from sempt_cli.settings import ModelSettings
 
 DEMO_TAG = "demo"
 
 
-def load_backbone(model: ModelSettings, device: torch.device, cache_dir: Path | None = None) -> LoadedClip:
-    """The frozen CLIP to adapt; 'demo' weights exist only for the built-in sempt-demo-* backbones."""
+def load_backbone(
+    model: ModelSettings, device: torch.device, cache_dir: Path | None = None, *, half: bool = False
+) -> LoadedClip:
+    """The frozen CLIP to adapt; 'demo' weights exist only for the built-in sempt-demo-* backbones. `half`: in the
+    official fp16 layout (`Runtime.half_weights`, `--precision fp16`; see `to_official_fp16`)."""
     if model.checkpoint is None and model.pretrained == DEMO_TAG:
         if not model.backbone.startswith("sempt-demo"):
             raise SettingsError(
@@ -23,5 +26,9 @@ def load_backbone(model: ModelSettings, device: torch.device, cache_dir: Path | 
             )
         from sempt_cli.models.demo_clip import load_demo_clip
 
-        return load_demo_clip(model.backbone, device)
-    return load_clip(model.backbone, model.pretrained, model.checkpoint, device=device)
+        clip = load_demo_clip(model.backbone, device)
+    else:
+        clip = load_clip(model.backbone, model.pretrained, model.checkpoint, device=device)
+    if half:
+        to_official_fp16(clip.model)
+    return clip

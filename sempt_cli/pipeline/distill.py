@@ -6,8 +6,9 @@ student (prompts + projector; with SemPT also the fusion MLP, and T_atr from the
 the teacher, cached) trained by the shared engine → checkpoint → base/novel evaluation against the teacher's
 class vectors (SemPT: T_lbl for the teacher's seen classes, T_enh for the others).
 
-Model selection: the official code keeps the epoch with the best *base test* accuracy (selection on test data,
-spec §5.2). We report the last epoch's student, which needs no test data during training.
+Model selection (`train.select`): the official code keeps the epoch with the best *base test* accuracy
+(selection on test data, spec §5.2). By default we report the last epoch's student, which needs no test data
+during training; `--select official-best` reproduces the official protocol and says that it selects on test data.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ def distill(
     classnames = prepared.full.classnames
     vectors = embed_classes(teacher_checkpoint, settings, classnames=classnames, console=life.console).vectors
     vectors = vectors.to(life.runtime.device)
-    teacher = load_teacher(teacher_checkpoint, life.runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
+    teacher = load_teacher(teacher_checkpoint, life.runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)},
+                           half=life.runtime.half_weights)
     teacher.eval()
     dataset = life.training_views(prepared)
     signals, mode = _teacher_signals(teacher, vectors, classnames, dataset, settings, life.runtime, teacher_sha,

@@ -53,7 +53,8 @@ def embed_classes(
 
     def compute() -> dict[str, Tensor]:
         runtime = resolve_runtime(settings.model)
-        teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)})
+        teacher = load_teacher(teacher_checkpoint, runtime.device, {"paths.cache_dir": str(settings.paths.cache_dir)},
+                               half=runtime.half_weights)
         console.print(f"Encoding {len(classnames)} class names with the teacher ({record.backbone}) ...")
         with torch.no_grad(), runtime.autocast():
             return {"vectors": teacher.class_embeddings(classnames).float()}

@@ -148,7 +148,8 @@ class _Model(ABC):
         """Load the backbone the first time a dataset actually needs scoring (a reused record needs none)."""
         if self.clip is None:
             seed_everything(self.settings.data.seed)  # a random-init backbone is rebuilt exactly as in training
-            self.clip = load_backbone(self.settings.model, runtime.device, self.settings.paths.cache_dir)
+            self.clip = load_backbone(self.settings.model, runtime.device, self.settings.paths.cache_dir,
+                                      half=runtime.half_weights)  # today's precision, not the training run's
             self.loaded(runtime)
         return self.clip
 
@@ -374,7 +375,8 @@ def _evaluate(model: _Model, settings: Settings, setting: str, datasets: Sequenc
               console: Console, command: Sequence[str] | None) -> EvalRecord:
     source = model.info.train_dataset or settings.data.dataset
     planned = list(datasets or settings.eval.datasets or default_datasets(setting, source))
-    numerics = {"device": runtime.device.type, "precision": str(runtime.amp_dtype or "fp32"),
+    precision = "fp16-official" if runtime.half_weights else str(runtime.amp_dtype or "fp32")
+    numerics = {"device": runtime.device.type, "precision": precision,
                 "on_corrupt": settings.data.on_corrupt}
     key = stable_hash(RECORD_FORMAT, __version__, model.key_for(planned), setting, planned, numerics, length=16)
     path = _record_path(settings, model.info, setting, source, key)

@@ -28,7 +28,7 @@ from sempt_cli.engine.distributed import DistContext, init_distributed
 from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_for
 from sempt_cli.engine.loader import SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, resolve_runtime, seed_everything
-from sempt_cli.engine.trainer import Trainer
+from sempt_cli.engine.trainer import EpochSelection, Trainer, TrainResult
 from sempt_cli.io import atomic_write_json, stable_hash
 from sempt_cli.methods import Method, get_method
 from sempt_cli.models.checkpoint import LearnedCheckpoint, load_learned, save_learned
@@ -119,13 +119,17 @@ def rebuild_method(checkpoint: LearnedCheckpoint, clip: LoadedClip, settings: Se
     return method
 
 
-def load_teacher(checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None) -> Method:
+def load_teacher(
+    checkpoint: Path, device: Any = "cpu", overrides: Mapping[str, Any] | None = None, *, half: bool = False
+) -> Method:
     """Rebuild a trained teacher from its checkpoint alone (the run record carries backbone and settings);
-    `overrides` may only set `paths.*`."""
+    `overrides` may only set `paths.*`; `half`: the backbone in the official fp16 layout (the caller's runtime,
+    not the precision the teacher was trained with). Training-only inputs (PromptSRC's 60-template targets) are
+    not built."""
     learned = load_learned(checkpoint)
     settings = run_settings(learned.record, load_settings(overrides, env={}).settings.paths)
     seed_everything(settings.data.seed)  # a randomly initialised backbone is rebuilt exactly as in training
-    clip = load_backbone(settings.model, device, settings.paths.cache_dir)
+    clip = load_backbone(settings.model, device, settings.paths.cache_dir, half=half)
     return rebuild_method(learned, clip, settings)
 
 
@@ -136,16 +140,17 @@ def image_size(clip: LoadedClip) -> int:
 
 def evaluate_protocol(
     method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, size: int,
-    console: Console | None = None,
+    console: Console | None = None, dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Scores as the papers report them (base and novel separately, HM) plus all classes competing; the same
     one-pass scorer as `sempt eval`, so training-time and evaluation numbers agree exactly. Test images left out
-    (`data.on_corrupt = skip`) are said at once and counted under `UNREADABLE`, so the saved scores say it too."""
+    (`data.on_corrupt = skip`) are said at once and counted under `UNREADABLE`, so the saved scores say it too.
+    Under `torchrun` the ranks share the test images instead of each scoring all of them."""
     full = prepared.full
     counts, unreadable = score_views(
         method, full.test, full.classnames, views_for(settings.data.setting, full.num_classes),
         clip_test_transform(size), runtime, batch_size=settings.data.eval_batch_size,
-        workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, console=console,
+        workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, console=console, dist=dist,
     )
     metrics: dict[str, Any] = metrics_from_counts(settings.data.setting, counts)
     if unreadable:
@@ -153,6 +158,38 @@ def evaluate_protocol(
             f"[yellow]{settings.data.dataset}: {unreadable} unreadable test image(s) left out[/]")
         metrics[UNREADABLE] = unreadable
     return metrics
+
+
+def epoch_selection(
+    method: Method, prepared: PreparedData, settings: Settings, runtime: Runtime, size: int,
+    dist: DistContext | None = None,
+) -> EpochSelection:
+    """What `train.select = official-best` maximises, as the official PromptKD code (spec §3.5): in base-to-novel
+    the accuracy among the base classes on their test images (Dassl's `val` split there), elsewhere the accuracy
+    on the test split (the official `val = test`)."""
+    full = prepared.full
+    view = views_for(settings.data.setting, full.num_classes)[0]  # base2novel: base; else all classes
+    samples = [s for s in full.test if view.start <= s.label < view.stop]
+    quiet = Console(quiet=True)  # the training progress bar is live meanwhile
+
+    def score() -> float:
+        counts, _ = score_views(
+            method, samples, full.classnames, [view], clip_test_transform(size), runtime,
+            batch_size=settings.data.eval_batch_size, workers=settings.data.workers,
+            on_corrupt=settings.data.on_corrupt, console=quiet, dist=dist,
+        )
+        return float(metrics_from_counts("accuracy", counts)[view.name])
+
+    what = "base-class accuracy on the test split" if view.name == "base" else "accuracy on the test split"
+    return EpochSelection(score, what)
+
+
+def selection_record(result: TrainResult) -> dict[str, Any]:
+    """For metrics.json: which epoch `official-best` kept and every epoch's score (nothing for `last`)."""
+    if result.selected_epoch is None:
+        return {}
+    return {"selected_epoch": result.selected_epoch,
+            "epoch_scores": {str(epoch): score for epoch, score in sorted(result.epoch_scores.items())}}
 
 
 @dataclass
@@ -173,7 +210,8 @@ class RunLifecycle:
         settings = resolved.settings
         life.runtime = resolve_runtime(settings.model, life.dist.local_rank)
         seed_everything(settings.data.seed)
-        life.clip = load_backbone(settings.model, life.runtime.device, settings.paths.cache_dir)
+        life.clip = load_backbone(settings.model, life.runtime.device, settings.paths.cache_dir,
+                                  half=life.runtime.half_weights)
         return life
 
     @property
@@ -218,17 +256,19 @@ class RunLifecycle:
         checkpoint = run_dir / f"{CHECKPOINT_NAME}.safetensors"
         if self.dist.is_main:
             self.console.print(f"{banner} · {self.runtime.describe()} · run {escape(str(run_dir))}")
-        result = Trainer(method, dataset, self.settings, run_dir, self.runtime, self.dist, self.console).fit(
-            stop_after_steps)
+        size = image_size(self.clip)
+        selection = epoch_selection(method, prepared, self.settings, self.runtime, size, self.dist)
+        result = Trainer(method, dataset, self.settings, run_dir, self.runtime, self.dist, self.console,
+                         selection).fit(stop_after_steps)
         if not result.finished:
             return TrainedRun(run_dir, checkpoint, {}, mode)
         if self.dist.is_main:
             save_learned(checkpoint, method.trainable_state(), record)
-        metrics = evaluate_protocol(method, prepared, self.settings, self.runtime, image_size(self.clip),
-                                    self.console)
+        metrics = evaluate_protocol(method, prepared, self.settings, self.runtime, size, self.console, self.dist)
         if self.dist.is_main:
             atomic_write_json(run_dir / METRICS_FILE, {
                 "metrics": metrics, "train_seconds": result.seconds, "steps": result.steps,
                 "settings_sources": self.resolved.sources, **({"mode": mode} if mode else {}),
+                **selection_record(result),
             })
         return TrainedRun(run_dir, checkpoint, metrics, mode)

@@ -1,40 +1,54 @@
-"""The shared training loop: exact resume, accumulation, DDP equivalence, deterministic augmentation."""
+"""The shared training loop: exact resume, accumulation, DDP equivalence (BatchNorm included), deterministic
+augmentation, model selection, and what a `torchrun` job evaluates and prints."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from rich.console import Console
 from torchvision import transforms as T
 
 from sempt_cli.engine.distributed import DistContext, init_distributed
+from sempt_cli.engine.evaluate import View, score_views
 from sempt_cli.engine.loader import EpochBatches, SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, seed_everything
-from sempt_cli.engine.trainer import Trainer
+from sempt_cli.engine.trainer import EpochSelection, Trainer
 from sempt_cli.settings import load_settings
-from tests.engine.toy import ToyMethod, make_samples
+from tests.engine.toy import ToyBatchNormMethod, ToyMethod, make_samples
 
 CPU = Runtime(torch.device("cpu"), None)
 AUG = T.Compose([T.RandomResizedCrop(8, scale=(0.3, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
+TEST = T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor()])
+VIEWS = [View("first", 0, 2), View("all", 0, 3)]
 
 
-def _train(samples, run_dir: Path, *, batch: int = 4, accum: int = 1, epochs: int = 3,
-           stop_after: int | None = None, dist: DistContext | None = None) -> ToyMethod:
+def _trainer(samples, run_dir: Path, *, batch: int = 4, accum: int = 1, epochs: int = 3,
+             dist: DistContext | None = None, batchnorm: bool = False, select: str = "last",
+             selection: EpochSelection | None = None, console: Console | None = None) -> Trainer:
     settings = load_settings(
         {"data.batch_size": batch, "data.workers": 0, "train.grad_accum_steps": accum, "train.epochs": epochs,
-         "train.lr": 0.5, "train.checkpoint_every": 2},
+         "train.lr": 0.5, "train.checkpoint_every": 2, "train.select": select},
         env={},
     ).settings
     seed_everything(0)
-    method = ToyMethod(["c0", "c1", "c2"])
+    method = (ToyBatchNormMethod if batchnorm else ToyMethod)(["c0", "c1", "c2"])
     dataset = SeededImageDataset(samples, AUG, seed=settings.data.seed)
-    trainer = Trainer(method, dataset, settings, run_dir, CPU, dist=dist)
+    return Trainer(method, dataset, settings, run_dir, CPU, dist=dist, console=console, selection=selection)
+
+
+def _train(samples, run_dir: Path, *, stop_after: int | None = None, **options: Any) -> ToyMethod:
+    trainer = _trainer(samples, run_dir, **options)
     trainer.fit(stop_after_steps=stop_after)
-    return method
+    assert isinstance(trainer.method, ToyMethod)
+    return trainer.method
 
 
 @pytest.fixture(scope="module")
@@ -86,24 +100,144 @@ def test_epoch_plan_shards_the_global_batch() -> None:
     assert EpochBatches(18, 4, seed=1).plan(3) != single
 
 
-def _ddp_worker(rank: int, port: int, samples, run_dir: str, out: str) -> None:
+def test_one_batch_of_8_equals_two_micro_batches_of_4(samples, tmp_path: Path) -> None:
+    """Where the README's claim is made (no BatchNorm): accumulation does not change the update."""
+    console = Console(file=io.StringIO(), width=300)
+    whole = _params(_train(samples, tmp_path / "b8", batch=8, epochs=1))
+    split = _params(_train(samples, tmp_path / "b4x2", batch=8, accum=2, epochs=1, console=console))
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6)
+    assert "BatchNorm" not in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_accumulation_with_batchnorm_warns_at_run_start(samples, tmp_path: Path) -> None:
+    """Where it is not (BatchNorm normalises over each micro-batch): the run says so before it trains."""
+    console = Console(file=io.StringIO(), width=300)
+    _train(samples, tmp_path / "bn", batch=8, accum=2, epochs=1, batchnorm=True, console=console)
+    text = " ".join(console.file.getvalue().split())  # type: ignore[attr-defined]
+    assert "toy-bn has BatchNorm" in text and "micro-batches of 4 images, not the 8 of a step" in text
+    quiet = Console(file=io.StringIO(), width=300)
+    _train(samples, tmp_path / "bn1", batch=8, epochs=1, batchnorm=True, console=quiet)
+    assert "BatchNorm" not in quiet.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_official_best_keeps_the_best_epoch_and_resumes_exactly(samples, tmp_path: Path) -> None:
+    def run(run_dir: Path, stops: tuple[int, ...]) -> tuple[Trainer, Any, list[dict[str, torch.Tensor]], str]:
+        scores = iter([10.0, 30.0, 30.0, 20.0])  # epoch 2 is best; epoch 3 ties it and loses (Dassl: strictly >)
+        seen: list[dict[str, torch.Tensor]] = []
+        holder: dict[str, Trainer] = {}
+
+        def score() -> float:
+            assert not holder["t"].method.training  # scored in eval mode
+            seen.append({k: v.clone() for k, v in holder["t"].method.trainable_state().items()})
+            return next(scores)
+
+        console = Console(file=io.StringIO(), width=300)
+        for stop in stops:  # interruptions: the selection state survives them
+            holder["t"] = _trainer(samples, run_dir, epochs=4, select="official-best",
+                                   selection=EpochSelection(score, "toy accuracy"), console=console)
+            holder["t"].fit(stop_after_steps=stop)
+        holder["t"] = trainer = _trainer(samples, run_dir, epochs=4, select="official-best",
+                                         selection=EpochSelection(score, "toy accuracy"), console=console)
+        result = trainer.fit()
+        return trainer, result, seen, " ".join(console.file.getvalue().split())  # type: ignore[attr-defined]
+
+    trainer, result, seen, text = run(tmp_path / "once", ())
+    assert result.selected_epoch == 2 and result.epoch_scores == {1: 10.0, 2: 30.0, 3: 30.0, 4: 20.0}
+    assert len(seen) == 4 and trainer.method.training
+    for name, value in trainer.method.trainable_state().items():
+        assert torch.equal(value, seen[1][name]), name
+    assert "--select official-best keeps the epoch with the best toy accuracy" in text
+    assert "selected on test data" in text
+    last = _train(samples, tmp_path / "last", epochs=4)
+    assert not torch.equal(last.classes, trainer.method.classes)
+
+    resumed, again, _, _ = run(tmp_path / "resumed", (6, 3))  # 4 steps an epoch: stops in epochs 2 and 3
+    assert again.selected_epoch == 2 and again.epoch_scores == result.epoch_scores
+    for name, value in trainer.method.trainable_state().items():
+        assert torch.equal(resumed.method.trainable_state()[name], value), name
+
+
+def test_official_best_needs_a_way_to_score(samples, tmp_path: Path) -> None:
+    from sempt_cli.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="official-best"):
+        _trainer(samples, tmp_path, select="official-best")
+
+
+def _counting(method: ToyMethod) -> list[int]:
+    """Record how many images each call of `method.image_embeddings` encodes."""
+    seen: list[int] = []
+    encode = method.image_embeddings
+
+    def counted(images: torch.Tensor) -> torch.Tensor:
+        seen.append(len(images))
+        return encode(images)
+
+    method.image_embeddings = counted  # type: ignore[method-assign]
+    return seen
+
+
+def _ddp_worker(rank: int, port: int, samples, root: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     ctx = init_distributed()
-    method = _train(samples, Path(run_dir), epochs=2, dist=ctx)
-    if rank == 0:
-        torch.save(_params(method), out)
+    results: dict[str, Any] = {}
+    plain = _trainer(samples, Path(root) / "ddp", epochs=2, dist=ctx)
+    plain.fit()
+    results["find_unused"] = bool(plain.loss_module.find_unused_parameters)
+    results["toy"] = _params(plain.method)  # type: ignore[arg-type]
+    bn = _trainer(samples, Path(root) / "ddp-bn", batch=8, epochs=2, dist=ctx, batchnorm=True)
+    bn.fit()
+    results["bn"] = _params(bn.method)  # type: ignore[arg-type]
+    seen = _counting(plain.method)  # type: ignore[arg-type]
+    counts, _ = score_views(plain.method, samples, ["c0", "c1", "c2"], VIEWS, TEST, CPU, batch_size=5, dist=ctx)
+    results["counts"], results["encoded"] = counts, sum(seen)
+    from sempt_cli.cli.render import print_run
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        print_run("toy", {"all": 50.0}, Path("model.safetensors"))
+    results["printed"] = printed.getvalue()
+    torch.save(results, f"{out}.{rank}")
     torch.distributed.destroy_process_group()
 
 
-def test_two_process_ddp_equals_single_process(samples, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def ddp(samples, tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """One 2-process gloo job (CPU) that trains, evaluates and prints; what each rank saw."""
+    root = tmp_path_factory.mktemp("ddp")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(port, samples, str(tmp_path / "ddp"), str(out)), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=True)
+    out = root / "ranks"
+    mp.spawn(_ddp_worker, args=(port, samples, str(root), str(out)), nprocs=2, join=True)
+    return [torch.load(f"{out}.{rank}", weights_only=True) for rank in (0, 1)]
+
+
+def test_two_process_ddp_equals_single_process(ddp, samples, tmp_path: Path) -> None:
     single = _params(_train(samples, tmp_path / "single", epochs=2))
     for name in single:
-        torch.testing.assert_close(ddp[name], single[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ddp[0]["toy"][name], single[name], rtol=1e-5, atol=1e-6)
+    assert ddp[0]["find_unused"] is False  # every toy parameter gets a gradient: no extra traversal
+
+
+def test_two_process_batchnorm_equals_one_process_with_the_whole_batch(ddp, samples, tmp_path: Path) -> None:
+    """Each rank's forward sees 4 of the step's 8 images; its BatchNorm still normalises over all 8."""
+    single = _params(_train(samples, tmp_path / "single-bn", batch=8, epochs=2, batchnorm=True))
+    assert "bn.running_var" in single
+    for rank in (0, 1):
+        for name in single:
+            torch.testing.assert_close(ddp[rank]["bn"][name], single[name], rtol=1e-4, atol=1e-5)
+
+
+def test_torchrun_evaluates_each_image_once_and_prints_on_rank_0(ddp, samples, tmp_path: Path) -> None:
+    method = _train(samples, tmp_path / "single", epochs=2)
+    seen = _counting(method)
+    counts, _ = score_views(method, samples, ["c0", "c1", "c2"], VIEWS, TEST, CPU, batch_size=5)
+    assert sum(seen) == len(samples)
+    assert ddp[0]["counts"] == ddp[1]["counts"] == counts  # summed over ranks: the same totals everywhere
+    assert ddp[0]["encoded"] + ddp[1]["encoded"] == len(samples)
+    assert ddp[0]["encoded"] == ddp[1]["encoded"] == len(samples) // 2
+    assert "toy" in ddp[0]["printed"] and ddp[1]["printed"] == ""

@@ -63,3 +63,16 @@ class ToyMethod(Method):
 
     def load_extra_state(self, state) -> None:  # type: ignore[no-untyped-def]
         self.aggregate = state.get("aggregate")
+
+
+class ToyBatchNormMethod(ToyMethod):
+    """The toy with a BatchNorm between encoder and normalisation, like PromptKD's projector."""
+
+    name = "toy-bn"
+
+    def __init__(self, classnames: Sequence[str], dim: int = 8, size: int = 8) -> None:
+        super().__init__(classnames, dim, size)
+        self.bn = nn.BatchNorm1d(dim)
+
+    def image_embeddings(self, images: Tensor) -> Tensor:
+        return F.normalize(self.bn(self.encoder(images.flatten(1))), dim=-1)

@@ -79,3 +79,24 @@ def test_student_scores_base_and_novel_against_the_right_rows(teacher_checkpoint
     assert torch.equal(method.class_embeddings(names[3:]), vectors[3:])  # novel = the rest
     with pytest.raises(Exception, match="contiguous"):
         method.class_embeddings(["a", "c"])
+
+
+def test_official_best_selection_keeps_the_best_base_test_epoch(teacher_checkpoint: Path, demo_cache: Path,
+                                                                tmp_path: Path) -> None:
+    """`--select official-best`: base-class test accuracy after every epoch, the best epoch's student kept."""
+    import json
+
+    from sempt_cli.pipeline.teacher import METRICS_FILE
+
+    best = _student(teacher_checkpoint, demo_cache, tmp_path, **{"train.epochs": 3,
+                                                                "train.select": "official-best"})
+    last = _student(teacher_checkpoint, demo_cache, tmp_path, **{"train.epochs": 3})
+    assert best.run_dir != last.run_dir  # the selection rule is part of the run's identity
+    record = json.loads((best.run_dir / METRICS_FILE).read_text())
+    scores = {int(epoch): score for epoch, score in record["epoch_scores"].items()}
+    assert sorted(scores) == [1, 2, 3]
+    assert record["selected_epoch"] == max(scores, key=lambda e: (scores[e], -e))
+    assert best.metrics["base"] == pytest.approx(scores[record["selected_epoch"]])  # the same base-test score
+    assert "selected_epoch" not in json.loads((last.run_dir / METRICS_FILE).read_text())
+    if record["selected_epoch"] == 3:
+        assert best.metrics == last.metrics

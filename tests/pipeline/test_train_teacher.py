@@ -103,9 +103,12 @@ def test_cli_run_survives_kill_9(demo_cache: Path, tmp_path: Path) -> None:
     assert (states[0].parent / "metrics.json").is_file()
 
 
-def test_embed_caches_teacher_class_vectors_for_all_classes(demo_cache: Path, tmp_path: Path) -> None:
+def test_embed_caches_teacher_class_vectors_for_all_classes(
+    demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
+    from sempt_cli.methods import promptsrc
     from sempt_cli.pipeline.embed import embed_classes
     from sempt_cli.pipeline.runs import load_teacher
 
@@ -117,6 +120,11 @@ def test_embed_caches_teacher_class_vectors_for_all_classes(demo_cache: Path, tm
     assert first.vectors.shape == (40, 128) and len(first.classnames) == 40
     torch.testing.assert_close(first.vectors.norm(dim=-1), torch.ones(40))
     torch.testing.assert_close(again.vectors, first.vectors)
+
+    def training_only(*args: object) -> None:
+        raise AssertionError("loading a teacher encoded PromptSRC's 60-template training targets")
+
+    monkeypatch.setattr(promptsrc, "template_ensemble", training_only)
     teacher = load_teacher(run.checkpoint, overrides={"paths.cache_dir": str(demo_cache)})
     with torch.no_grad():
         direct = teacher.class_embeddings(first.classnames[20:])
