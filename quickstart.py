@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Set up a virtual environment and run sempt's demo or its tests, on a machine that has only Python.
 
-    python3 quickstart.py demo    # the whole pipeline on the built-in demo world (CPU is fine)
-    python3 quickstart.py test    # the test suite
+    python3 quickstart.py demo          # the whole pipeline on the built-in demo world (CPU is fine)
+    python3 quickstart.py test          # the test suite's fast lane (minutes)
+    python3 quickstart.py test --slow   # the end-to-end lane (demo-world training runs)
+    python3 quickstart.py test --all    # both
 
 The environment lives in ./.venv and is reused; delete it to start over. Standard library only.
 """
@@ -20,6 +22,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 STAMP = VENV / ".sempt-installed"
 TEST_COMMAND = ["-m", "pytest", "-q"]
+LANES = {"--fast": ["-m", "not slow"], "--slow": ["-m", "slow"], "--all": []}
+"""Test lanes: `slow` marks the end-to-end runs on the demo world (pyproject.toml's pytest markers)."""
 DEMO_COMMAND = ["-m", "sempt_cli", "demo"]
 
 
@@ -48,8 +52,14 @@ def main(argv: list[str]) -> int:
     _install()
     if argv[0] == "setup":
         return 0
-    command = DEMO_COMMAND if argv[0] == "demo" else TEST_COMMAND
-    return subprocess.run([str(_python()), *command, *argv[1:]], cwd=ROOT).returncode
+    if argv[0] == "demo":
+        return subprocess.run([str(_python()), *DEMO_COMMAND, *argv[1:]], cwd=ROOT).returncode
+    extra = argv[1:]
+    lane = extra.pop(0) if extra and extra[0] in LANES else "--fast"
+    code = subprocess.run([str(_python()), *TEST_COMMAND, *LANES[lane], *extra], cwd=ROOT).returncode
+    if lane == "--fast" and code == 0:
+        print("Fast lane passed. `python3 quickstart.py test --slow` runs the end-to-end lane, `--all` both.")
+    return code
 
 
 if __name__ == "__main__":

@@ -512,8 +512,18 @@ def iter_fields(only: Iterable[str] | None = None) -> Iterator[SettingField]:
 
 
 def fields() -> dict[str, SettingField]:
-    """Every leaf setting by dotted key (`sempt.alpha`)."""
-    return {f.key: f for f in iter_fields()}
+    """Every leaf setting by dotted key (`sempt.alpha`). Two settings may not share a flag: a plug-in whose field
+    would shadow another's flag is refused, naming both (give it `json_schema_extra={"flag": ...}`)."""
+    known: dict[str, SettingField] = {}
+    by_flag: dict[str, str] = {}
+    for field in iter_fields():
+        if field.flag_name is not None:
+            other = by_flag.setdefault(field.flag_name, field.key)
+            if other != field.key:
+                raise SettingsError(f"The settings {other} and {field.key} both want the flag {field.flag}; "
+                                    f"give the {field.section} section's field a flag of its own.")
+        known[field.key] = field
+    return known
 
 
 @dataclass(frozen=True)

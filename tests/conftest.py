@@ -3,6 +3,7 @@ machine is shared (CI runners, parallel jobs); passive waiting changes no result
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,13 @@ def _no_registered_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SEMPT_DATASETS_DIR", str(tmp_path_factory.mktemp("registered-datasets")))
         yield
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One demo world per test session (generation takes ~10 s)."""
+    from sempt_cli.data.demo import ensure_demo_world
+
+    cache = tmp_path_factory.mktemp("sempt-cache")
+    ensure_demo_world(cache)
+    return cache

@@ -86,7 +86,7 @@ def test_official_best_selection_keeps_the_best_base_test_epoch(teacher_checkpoi
     """`--select official-best`: base-class test accuracy after every epoch, the best epoch's student kept."""
     import json
 
-    from sempt_cli.pipeline.teacher import METRICS_FILE
+    from sempt_cli.pipeline.runs import METRICS_FILE
 
     best = _student(teacher_checkpoint, demo_cache, tmp_path, **{"train.epochs": 3,
                                                                 "train.select": "official-best"})

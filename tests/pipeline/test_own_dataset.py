@@ -13,7 +13,8 @@ import pytest
 
 from sempt_cli.data.add import split_counts
 from sempt_cli.data.user import DATASETS_DIR_ENV, split_path
-from sempt_cli.pipeline.teacher import resolve_with_preset, train_teacher
+from sempt_cli.pipeline.runs import resolve_with_preset
+from sempt_cli.pipeline.teacher import train_teacher
 from tests.data.fabricate import fabricate_image_folder
 
 BIRDS = {"blue_jay": 8, "cardinal": 8, "robin": 8, "wren": 8}
