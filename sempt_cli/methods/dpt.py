@@ -229,10 +229,11 @@ class DPTSettings(SettingsSection):
     text_lr: float | None = Field(
         None, gt=0.0, description="Peak learning rate of the text prompts (vlp, dpt); the visual prompts and CAVPT "
         "take train.lr. Unset = train.lr; the preset sets the official 0.002 (visual: 0.01).",
+        json_schema_extra={"flag": "dpt-text-lr"},
     )
     text_warmup_epochs: int | None = Field(
         None, ge=0, description="Constant-LR warm-up epochs of the text prompts; unset = train.warmup_epochs. The "
-        "preset sets the official 1 (visual: 10, 1 on ImageNet).",
+        "preset sets the official 1 (visual: 10, 1 on ImageNet).", json_schema_extra={"flag": "dpt-text-warmup-epochs"},
     )
 
 
