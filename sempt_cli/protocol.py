@@ -6,7 +6,9 @@ another package registered through the `sempt.methods` entry point). It declares
 `SettingsSection` model; flags, `config show` and help panels are built from it) and its official
 hyper-parameters as data (`preset_table`), and implements
 
-* its trainable parameters (everything else is frozen),
+* its trainable parameters (everything else is frozen), and `parameter_groups()` when parts of them have their
+  own learning rate, weight decay or warm-up in the official code (DPT's text prompts); by default one group at
+  the `train.*` rates,
 * `training_forward(batch)` — its objective as (image embeddings, class embeddings, a loss on logits, extra
   terms), from which the default `training_loss(batch)` is built,
 * `class_embeddings(classnames)` and `image_embeddings(images)` — both L2-normalised, so that
@@ -90,6 +92,25 @@ class TrainingForward:
     extra: LossOutput | None = None
 
 
+@dataclass
+class ParameterGroup:
+    """Parameters the optimizer steps at their own rates, because a method's official code does (one optimizer
+    per part in Dassl). `lr`, `weight_decay` and `warmup_epochs` left at None come from `train.*`; every group
+    follows the same warm-up + cosine shape, at its own peak `lr` (the warm-up LR is `train.warmup_lr` for all, as
+    Dassl's constant warm-up is). Frozen parameters in `params` are dropped by the trainer."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup_epochs: int | None = None
+
+    @property
+    def default(self) -> bool:
+        """Whether every rate comes from `train.*` (where a wrapper's own parameters can join)."""
+        return self.lr is None and self.weight_decay is None and self.warmup_epochs is None
+
+
 Classifier = Callable[[Tensor], Tensor]
 """Image embeddings [B, D] → logits [B, C] for a fixed class list (`Method.classifier`)."""
 
@@ -135,6 +156,11 @@ class Method(nn.Module, ABC):
     def __init__(self, train_classnames: Sequence[str]) -> None:
         super().__init__()
         self.train_classnames = list(train_classnames)
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """How the optimizer steps the trainable parameters: each in exactly one group. One group at the
+        `train.*` rates unless the official code gives parts their own (so `--lr` moves the default group)."""
+        return [ParameterGroup("all", [p for p in self.parameters() if p.requires_grad])]
 
     def training_forward(self, batch: Batch) -> TrainingForward:
         """The method's objective on one (micro-)batch, split where the classifier enters (see TrainingForward)."""

@@ -13,6 +13,10 @@ BatchNorm normalises over what one forward sees: across processes its statistics
 (`GlobalBatchNorm`), so several processes train as one; across accumulated micro-batches they cannot be, so a
 run that accumulates with a BatchNorm method (PromptKD's projector) says so at its start.
 
+The optimizer has one parameter group per `Method.parameter_groups()` entry (one unless a method's official
+code gives parts of it their own rates, as DPT's does): each follows the same warm-up + cosine schedule at its own
+peak rate and warm-up length, and the optimizer state, groups included, is part of the resumable checkpoint.
+
 Model selection (`train.select`): `last` keeps the final parameters; `official-best` scores the model after
 every epoch with the caller's `EpochSelection` (the official PromptKD protocol: base-class accuracy on the test
 split) and keeps the best epoch, as Dassl's `best_val` does.
@@ -40,7 +44,7 @@ from sempt_cli.engine.schedule import epoch_learning_rate
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.io import atomic_open, atomic_write_json
 from sempt_cli.protocol import Batch, LossOutput, Method
-from sempt_cli.settings import Settings
+from sempt_cli.settings import Settings, TrainSettings
 
 STATE_FILE = "train-state.pt"
 PROGRESS_FILE = "progress.json"
@@ -126,15 +130,7 @@ class Trainer:
         self.selection = selection if settings.train.select == "official-best" else None
         self._scores: dict[int, float] = {}
         self._best: tuple[int, dict[str, torch.Tensor]] | None = None
-        params = [p for p in method.parameters() if p.requires_grad]
-        if not params:
-            raise SemptError(f"Method {method.name} has no trainable parameters with these settings.")
-        if train.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay
-            )
-        else:
-            self.optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+        self.optimizer, self.schedules = build_optimizer(method, train)  # the method itself, never the DDP wrapper
         self.scaler = torch.amp.GradScaler(enabled=runtime.uses_grad_scaler)
         module: nn.Module = _LossModule(method)
         if self.dist.enabled:
@@ -206,7 +202,13 @@ class Trainer:
             ) from None
         self.method.load_trainable_state(state["trainable"])
         self.method.load_extra_state(state["extra"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError:  # torch's words for other parameter groups (a checkpoint from before they changed)
+            raise SemptError(
+                f"Cannot resume from {self.state_path}: it was saved with other optimizer parameter groups.",
+                hint="Delete the run folder to start over.",
+            ) from None
         self.scaler.load_state_dict(state["scaler"])
         selection = state.get("selection") or {}
         self._scores = {int(epoch): float(score) for epoch, score in selection.get("scores", [])}
@@ -237,12 +239,10 @@ class Trainer:
             task = progress.add_task("train", total=total_steps, completed=position.global_step, info="")
             self.method.train()
             while position.epoch <= train.epochs:
-                lr = epoch_learning_rate(
-                    position.epoch, base_lr=train.lr, epochs=train.epochs,
-                    warmup_epochs=train.warmup_epochs, warmup_lr=train.warmup_lr,
-                )
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                rates = [schedule.lr(position.epoch, train) for schedule in self.schedules]
+                for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
+                    group["lr"] = rate
+                lr = "/".join(f"{rate:.2e}" for rate in rates)
                 self.dataset.set_epoch(position.epoch)
                 self.method.on_epoch_start(position.epoch)
                 plan = self.batches.plan(position.epoch)[position.step:]
@@ -257,7 +257,7 @@ class Trainer:
                     rate = images / max(time.perf_counter() - tick, 1e-9)
                     tick = time.perf_counter()
                     info = " ".join(f"{k}={v:.4g}" for k, v in last.items())
-                    progress.update(task, advance=1, info=f"ep {position.epoch} lr={lr:.2e} {info} {rate:.0f} img/s")
+                    progress.update(task, advance=1, info=f"ep {position.epoch} lr={lr} {info} {rate:.0f} img/s")
                     mid_epoch = position.step < self.batches.steps_per_epoch
                     if mid_epoch and position.global_step % train.checkpoint_every == 0:
                         self._save_state(position)
@@ -329,6 +329,51 @@ class Trainer:
             TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
             console=self.console, disable=not self.dist.is_main, transient=False,
         )
+
+
+@dataclass(frozen=True)
+class GroupSchedule:
+    """One optimizer group's resolved peak rate and warm-up: the shared schedule shape at its own scale."""
+
+    name: str
+    peak_lr: float
+    warmup_epochs: int
+
+    def lr(self, epoch: int, train: TrainSettings) -> float:
+        return epoch_learning_rate(epoch, base_lr=self.peak_lr, epochs=train.epochs,
+                                   warmup_epochs=self.warmup_epochs, warmup_lr=train.warmup_lr)
+
+
+def build_optimizer(method: Method, train: TrainSettings) -> tuple[torch.optim.Optimizer, list[GroupSchedule]]:
+    """`train.optimizer` over `method.parameter_groups()` (frozen parameters and empty groups dropped, rates left
+    to `train` resolved), and each group's schedule, in the optimizer's group order.
+
+    The groups must hold every trainable parameter exactly once: a forgotten one would silently stay frozen."""
+    groups: list[dict[str, Any]] = []
+    schedules: list[GroupSchedule] = []
+    for group in method.parameter_groups():
+        params = [p for p in group.params if p.requires_grad]
+        if not params:
+            continue
+        peak = train.lr if group.lr is None else group.lr
+        decay = train.weight_decay if group.weight_decay is None else group.weight_decay
+        warmup = train.warmup_epochs if group.warmup_epochs is None else group.warmup_epochs
+        groups.append({"params": params, "lr": peak, "weight_decay": decay, "name": group.name})
+        schedules.append(GroupSchedule(group.name, peak, warmup))
+    trainable = {id(p): name for name, p in method.named_parameters() if p.requires_grad}
+    if not trainable:
+        raise SemptError(f"Method {method.name} has no trainable parameters with these settings.")
+    grouped = [id(p) for group in groups for p in group["params"]]
+    if len(grouped) != len(set(grouped)) or set(grouped) != set(trainable):
+        missing = sorted(name for key, name in trainable.items() if key not in grouped)
+        raise SemptError(f"The parameter groups of method {method.name} must hold each trainable parameter exactly "
+                         f"once{'; missing: ' + ', '.join(missing) if missing else ''}.")
+    optimizer: torch.optim.Optimizer
+    if train.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+    return optimizer, schedules
 
 
 def _group(loader: Iterable[Any], size: int, epoch: int) -> Iterator[list[Batch]]:

@@ -30,10 +30,13 @@ parameter count it implies, 1,136,384 on ViT-B/32 without the K-way head, is the
 * queries come from the unnormalised prompted text features; W_v is applied after the attention (equal by
   linearity); d_k = 32; keys/values are detached from the visual tokens (`dpt.cavpt_detach`).
 
-Deliberate differences from the official code: one learning rate and warm-up for all prompts (the official code
-gives the text context 0.002 with one warm-up epoch and the visual side 0.01 with ten; the engine has one
-schedule, so the preset uses the visual side's), and layer-0 visual prompts pass through `ln_pre` (the
-towers' IVLP semantics, `models/prompted.py`) where the official code appends them after it.
+Learning rates as in the official code, which has one optimizer per part: the visual prompts and CAVPT at
+`train.lr` (0.01, ten warm-up epochs, one on ImageNet), the text context at `dpt.text_lr` (0.002) with
+`dpt.text_warmup_epochs` (one); two parameter groups of one optimizer (`parameter_groups`), each on the shared
+warm-up + cosine schedule at its own rate.
+
+Deliberate difference from the official code: layer-0 visual prompts pass through `ln_pre` (the towers' IVLP
+semantics, `models/prompted.py`) where the official code appends them after it.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from sempt_cli.models.prompted import (
     PromptSpec,
 )
 from sempt_cli.presets import Computed, PresetContext, Presets, Rule
-from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.protocol import Batch, LossOutput, Method, ParameterGroup, TrainingForward, register_method
 from sempt_cli.settings import Settings, SettingsSection
 
 CACHED_CLASS_LISTS = 4
@@ -223,6 +226,15 @@ class DPTSettings(SettingsSection):
         30, ge=0, description="Epochs of the general-knowledge warm-up (Eq. 12) for vlp and dpt: 30, 10 on ImageNet "
         "(preset); 0 = off.", json_schema_extra={"flag": "dpt-guidance-epochs"},
     )
+    text_lr: float | None = Field(
+        None, gt=0.0, description="Peak learning rate of the text prompts (vlp, dpt); the visual prompts and CAVPT "
+        "take train.lr. Unset = train.lr; the preset sets the official 0.002 (visual: 0.01).",
+        json_schema_extra={"flag": "dpt-text-lr"},
+    )
+    text_warmup_epochs: int | None = Field(
+        None, ge=0, description="Constant-LR warm-up epochs of the text prompts; unset = train.warmup_epochs. The "
+        "preset sets the official 1 (visual: 10, 1 on ImageNet).", json_schema_extra={"flag": "dpt-text-warmup-epochs"},
+    )
 
 
 def _shots(settings: Settings) -> int:
@@ -247,7 +259,8 @@ DPT_PRESETS = Presets(
     Rule({"train.warmup_epochs": 1}, when={"data.dataset": "imagenet"}),
     Rule({"prompts.text_depth": 0}, when={"dpt.variant": "vpt"}),
     Rule({"data.subsample": "base"}, when={"data.setting": "base2novel"}),
-    Rule({"dpt.guidance_epochs": 30}, when={"dpt.variant": ("vlp", "dpt")}),
+    Rule({"dpt.guidance_epochs": 30, "dpt.text_lr": 0.002, "dpt.text_warmup_epochs": 1},
+         when={"dpt.variant": ("vlp", "dpt")}),
     Rule({"dpt.guidance_epochs": 10}, when={"dpt.variant": ("vlp", "dpt"), "data.dataset": "imagenet"}),
     Rule({"data.shots": Computed(lambda c: _shots(c.settings))},
          when={"data.setting": ("base2novel", "cross-dataset", "cross-domain")}),
@@ -257,7 +270,8 @@ DPT_PRESETS = Presets(
     Rule({"train.epochs": Computed(lambda c: min(int(c.values["train.epochs"]), 10)), "train.warmup_epochs": 1},
          when={"demo": True}),
 )
-"""The paper's hyper-parameters (§IV-A; official `train_single.sh`, `configs/trainers/VPT/vit_b32_deep.yaml`).
+"""The paper's hyper-parameters (§IV-A; official `train_single.sh`, `configs/trainers/VPT/vit_b32_deep.yaml`; the
+text prompts' own rate and warm-up from `trainers/DPT.py` and `VLP.py`).
 Few-shot is the paper's protocol; cross-domain is its domain generalisation (§IV-C: ImageNet, 1 shot);
 base-to-novel and cross-dataset are not in the paper and take the 16-shot few-shot recipe of the training
 dataset (ImageNet's for cross-dataset). The tiny demo CLIPs: CPU-sized batches, at most 10 epochs with the
@@ -288,6 +302,7 @@ class DPT(Method):
         self.template = get_dataset_info(settings.data.dataset).template
         self.aux_weight = dpt.aux_weight
         self.guidance = (dpt.guidance_weight, dpt.guidance_epochs if self.variant != "vpt" else 0)
+        self.text_rates = (dpt.text_lr, dpt.text_warmup_epochs)
         self.backbone = clip.model
         for parameter in self.backbone.parameters():
             parameter.requires_grad_(False)
@@ -330,6 +345,15 @@ class DPT(Method):
         return source
 
     # ------------------------------------------------------------------ protocol
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """The official code's optimizers: visual prompts and CAVPT at `train.*`, the text prompts at
+        `dpt.text_lr` with `dpt.text_warmup_epochs`."""
+        vision = ParameterGroup("vision", [p for p in self.vision.parameters() if p.requires_grad])
+        if self.text is None:
+            return [vision]
+        lr, warmup = self.text_rates
+        return [vision, ParameterGroup("text", self.text.trainable_parameters(), lr=lr, warmup_epochs=warmup)]
+
     def logit_scale(self) -> Tensor:
         return self.backbone.logit_scale.exp()
 

@@ -22,7 +22,7 @@ compare against.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sempt_cli.errors import SemptError
 from sempt_cli.models.checkpoint import check_state
-from sempt_cli.protocol import Batch, Classifier, LossOutput, Method, contiguous_block
+from sempt_cli.protocol import Batch, Classifier, LossOutput, Method, ParameterGroup, contiguous_block
 from sempt_cli.settings import SemptHyperParameters
 
 STATE_PREFIX = "sempt."
@@ -195,6 +195,16 @@ class SemPT(Method):
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
         """T_lbl: the wrapped method's own class embeddings."""
         return self.base.class_embeddings(classnames)
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """The wrapped method's groups unchanged, the fusion MLP joining the first at the default `train.*` rates (a
+        group of its own if none is): a baseline's parameters are stepped as without SemPT."""
+        groups, fusion = self.base.parameter_groups(), list(self.fusion.parameters())
+        for i, group in enumerate(groups):
+            if group.default:
+                groups[i] = replace(group, params=[*group.params, *fusion])
+                return groups
+        return [*groups, ParameterGroup("sempt.fusion", fusion)]
 
     def on_epoch_start(self, epoch: int) -> None:
         self.base.on_epoch_start(epoch)

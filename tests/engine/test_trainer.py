@@ -1,5 +1,5 @@
 """The shared training loop: exact resume, accumulation, DDP equivalence (BatchNorm included), deterministic
-augmentation, model selection, and what a `torchrun` job evaluates and prints."""
+augmentation, model selection, per-method parameter groups, and what a `torchrun` job evaluates and prints."""
 
 from __future__ import annotations
 
@@ -20,8 +20,12 @@ from sempt_cli.engine.distributed import DistContext, init_distributed
 from sempt_cli.engine.evaluate import View, score_views
 from sempt_cli.engine.loader import EpochBatches, SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, seed_everything
-from sempt_cli.engine.trainer import EpochSelection, Trainer
-from sempt_cli.settings import load_settings
+from sempt_cli.engine.schedule import epoch_learning_rate
+from sempt_cli.engine.trainer import EpochSelection, Trainer, build_optimizer
+from sempt_cli.errors import SemptError
+from sempt_cli.methods.sempt import SemPT
+from sempt_cli.protocol import ParameterGroup
+from sempt_cli.settings import SemptHyperParameters, load_settings
 from tests.engine.toy import ToyBatchNormMethod, ToyMethod, make_samples
 
 CPU = Runtime(torch.device("cpu"), None)
@@ -30,18 +34,42 @@ TEST = T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor()])
 VIEWS = [View("first", 0, 2), View("all", 0, 3)]
 
 
+class ToyGroups(ToyMethod):
+    """The toy with its class vectors in a group of their own (a fifth of the rate, no weight decay); it records
+    the optimizer's learning rates at the start of every epoch."""
+
+    name = "toy-groups"
+
+    def __init__(self, classnames: list[str]) -> None:
+        super().__init__(classnames)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.rates: dict[int, list[float]] = {}
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        return [ParameterGroup("encoder", list(self.encoder.parameters())),
+                ParameterGroup("classes", [self.classes], lr=0.1, weight_decay=0.0)]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        assert self.optimizer is not None
+        self.rates[epoch] = [group["lr"] for group in self.optimizer.param_groups]
+
+
 def _trainer(samples, run_dir: Path, *, batch: int = 4, accum: int = 1, epochs: int = 3,
              dist: DistContext | None = None, batchnorm: bool = False, select: str = "last",
-             selection: EpochSelection | None = None, console: Console | None = None) -> Trainer:
+             selection: EpochSelection | None = None, console: Console | None = None,
+             groups: bool = False) -> Trainer:
     settings = load_settings(
         {"data.batch_size": batch, "data.workers": 0, "train.grad_accum_steps": accum, "train.epochs": epochs,
          "train.lr": 0.5, "train.checkpoint_every": 2, "train.select": select},
         env={},
     ).settings
     seed_everything(0)
-    method = (ToyBatchNormMethod if batchnorm else ToyMethod)(["c0", "c1", "c2"])
+    method = (ToyGroups if groups else ToyBatchNormMethod if batchnorm else ToyMethod)(["c0", "c1", "c2"])
     dataset = SeededImageDataset(samples, AUG, seed=settings.data.seed)
-    return Trainer(method, dataset, settings, run_dir, CPU, dist=dist, console=console, selection=selection)
+    trainer = Trainer(method, dataset, settings, run_dir, CPU, dist=dist, console=console, selection=selection)
+    if isinstance(method, ToyGroups):
+        method.optimizer = trainer.optimizer
+    return trainer
 
 
 def _train(samples, run_dir: Path, *, stop_after: int | None = None, **options: Any) -> ToyMethod:
@@ -165,6 +193,74 @@ def test_official_best_needs_a_way_to_score(samples, tmp_path: Path) -> None:
         _trainer(samples, tmp_path, select="official-best")
 
 
+# ------------------------------------------------------------------------------------------------ parameter groups
+
+
+def test_each_parameter_group_follows_the_schedule_at_its_own_rate(samples, tmp_path: Path) -> None:
+    trainer = _trainer(samples, tmp_path / "groups", epochs=4, groups=True)
+    trainer.fit()
+    method = trainer.method
+    assert isinstance(method, ToyGroups)
+    groups = trainer.optimizer.param_groups
+    assert [g["name"] for g in groups] == ["encoder", "classes"]
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
+    assert groups[1]["params"] == [method.classes]
+    assert method.rates[1] == [1e-5, 1e-5]  # the constant warm-up
+    assert method.rates[2] == pytest.approx([0.5, 0.1])  # each group's own peak once the cosine starts
+    for epoch in (2, 3, 4):
+        encoder, classes = method.rates[epoch]
+        expected = epoch_learning_rate(epoch, base_lr=0.5, epochs=4, warmup_epochs=1, warmup_lr=1e-5)
+        assert encoder == pytest.approx(expected) and classes / encoder == pytest.approx(0.2)
+    assert method.rates[2][0] > method.rates[3][0] > method.rates[4][0]
+
+
+def test_resume_with_parameter_groups_is_exact(samples, tmp_path: Path) -> None:
+    def run(run_dir: Path, stops: tuple[int, ...]) -> tuple[dict[str, torch.Tensor], dict[int, list[float]]]:
+        rates: dict[int, list[float]] = {}
+        for stop in (*stops, None):
+            trainer = _trainer(samples, run_dir, epochs=3, groups=True)
+            trainer.fit(stop_after_steps=stop)
+            assert isinstance(trainer.method, ToyGroups)
+            rates |= trainer.method.rates
+        return _params(trainer.method), rates
+
+    full, full_rates = run(tmp_path / "full", ())
+    resumed, resumed_rates = run(tmp_path / "resumed", (3, 5))
+    assert resumed_rates == full_rates
+    for name in full:
+        torch.testing.assert_close(resumed[name], full[name], rtol=0, atol=0)
+
+
+def test_a_checkpoint_with_other_groups_is_refused_in_our_words(samples, tmp_path: Path) -> None:
+    _train(samples, tmp_path, stop_after=3)
+    with pytest.raises(SemptError, match="other optimizer parameter groups"):
+        _trainer(samples, tmp_path, groups=True).fit()
+
+
+def test_a_default_method_is_one_group_at_the_train_rates_with_or_without_sempt() -> None:
+    """Today's optimizer; SemPT's fusion joins that group, in `parameters()` order (older checkpoints resume)."""
+    train = load_settings({"train.lr": 0.5}, env={}).settings.train
+    method = ToyMethod(["c0", "c1", "c2"])
+    for candidate in (method, SemPT(method, SemptHyperParameters(beta=0.5), None, seen=(), dim=8)):
+        optimizer, schedules = build_optimizer(candidate, train)
+        (group,) = optimizer.param_groups
+        assert group["params"] == list(candidate.parameters())
+        assert (group["lr"], group["weight_decay"], group["momentum"]) == (0.5, 5e-4, 0.9)
+        assert [(s.peak_lr, s.warmup_epochs) for s in schedules] == [(0.5, 1)]
+
+
+def test_groups_must_hold_each_trainable_parameter_once() -> None:
+    train = load_settings({}, env={}).settings.train
+    method = ToyGroups(["c0", "c1", "c2"])
+    method.parameter_groups = lambda: [ParameterGroup("encoder", list(method.encoder.parameters()))]  # type: ignore[method-assign]
+    with pytest.raises(SemptError, match="missing: classes"):
+        build_optimizer(method, train)
+    method.parameter_groups = lambda: [ParameterGroup("all", list(method.parameters())),  # type: ignore[method-assign]
+                                       ParameterGroup("again", [method.classes])]
+    with pytest.raises(SemptError, match="exactly once"):
+        build_optimizer(method, train)
+
+
 def _counting(method: ToyMethod) -> list[int]:
     """Record how many images each call of `method.image_embeddings` encodes."""
     seen: list[int] = []
@@ -191,6 +287,10 @@ def _ddp_worker(rank: int, port: int, samples, root: str, out: str) -> None:
     bn = _trainer(samples, Path(root) / "ddp-bn", batch=8, epochs=2, dist=ctx, batchnorm=True)
     bn.fit()
     results["bn"] = _params(bn.method)  # type: ignore[arg-type]
+    grouped = _trainer(samples, Path(root) / "ddp-groups", epochs=2, dist=ctx, groups=True)
+    grouped.fit()
+    results["groups"] = _params(grouped.method)  # type: ignore[arg-type]
+    results["group_rates"] = [[g["name"], g["lr"]] for g in grouped.optimizer.param_groups]
     seen = _counting(plain.method)  # type: ignore[arg-type]
     counts, _ = score_views(plain.method, samples, ["c0", "c1", "c2"], VIEWS, TEST, CPU, batch_size=5, dist=ctx)
     results["counts"], results["encoded"] = counts, sum(seen)
@@ -221,6 +321,16 @@ def test_two_process_ddp_equals_single_process(ddp, samples, tmp_path: Path) -> 
     for name in single:
         torch.testing.assert_close(ddp[0]["toy"][name], single[name], rtol=1e-5, atol=1e-6)
     assert ddp[0]["find_unused"] is False  # every toy parameter gets a gradient: no extra traversal
+
+
+def test_two_process_ddp_keeps_the_methods_parameter_groups(ddp, samples, tmp_path: Path) -> None:
+    """The groups come from the method, not from the DDP wrapper around it."""
+    single = _trainer(samples, tmp_path / "single-groups", epochs=2, groups=True)
+    single.fit()
+    assert ddp[0]["group_rates"] == [[g["name"], g["lr"]] for g in single.optimizer.param_groups]
+    assert [name for name, _ in ddp[0]["group_rates"]] == ["encoder", "classes"]
+    for name, value in _params(single.method).items():  # type: ignore[arg-type]
+        torch.testing.assert_close(ddp[0]["groups"][name], value, rtol=1e-5, atol=1e-6)
 
 
 def test_two_process_batchnorm_equals_one_process_with_the_whole_batch(ddp, samples, tmp_path: Path) -> None:

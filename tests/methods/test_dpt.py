@@ -1,20 +1,23 @@
 """DPT (VPT / VLP / DPT variants) on a tiny random open_clip ViT: CAVPT's placement and attention, the K-way
-auxiliary loss, the general-knowledge warm-up, presets, and SemPT on top."""
+auxiliary loss, the general-knowledge warm-up, presets, the official per-part learning rates, and SemPT on top."""
 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import sempt_cli.methods.dpt  # noqa: F401  (registers the method)
+from sempt_cli.engine.trainer import build_optimizer
 from sempt_cli.errors import SemptError
 from sempt_cli.methods.dpt import DPT, ClassAwarePrompts, DualVisionPrompts, class_aware_loss
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import DEMO_STUDENT, DEMO_TEACHER, LoadedClip
 from sempt_cli.models.prompted import DeepPrompts
+from sempt_cli.pipeline.runs import resolve_with_preset
 from sempt_cli.protocol import Batch, get_method
 from sempt_cli.settings import SemptHyperParameters, Settings, load_settings
 
@@ -350,6 +353,8 @@ def test_few_shot_presets_follow_section_iv_a(variant: str, dataset: str, shots:
     assert preset["prompts.text_depth"] == (0 if variant == "vpt" else 1)
     assert (preset["prompts.text_length"], preset["prompts.ctx_init"]) == (16, None)
     assert preset.get("dpt.guidance_epochs") == (None if variant == "vpt" else 10 if imagenet else 30)
+    assert preset.get("dpt.text_lr") == (None if variant == "vpt" else 0.002)  # official trainers/DPT.py, VLP.py
+    assert preset.get("dpt.text_warmup_epochs") == (None if variant == "vpt" else 1)
     assert preset["data.subsample"] == "all" and "data.shots" not in preset  # few-shot: the user's shots
     resolved = load_settings({"data.setting": "few-shot", "data.dataset": dataset}, env={}, preset=preset).settings
     assert resolved.prompts.ctx_init is None and resolved.train.epochs == epochs
@@ -373,6 +378,56 @@ def test_demo_presets_fit_the_tiny_clips(backbone: str, blocks: int) -> None:
     assert (preset["data.batch_size"], preset["data.crop_scale_min"]) == (16, 0.8)
     vpt = DPT.presets(settings_for(backbone, **{"data.setting": "few-shot", "dpt.variant": "vpt"}), backbone)
     assert vpt["train.epochs"] == 10 and "dpt.guidance_epochs" not in vpt
+
+
+# ------------------------------------------------------------------------------------------------ learning rates
+
+
+def preset_dpt(clip: LoadedClip, **overrides: object) -> tuple[DPT, Settings]:
+    """DPT on the demo student with its preset beneath `overrides`, as `train-teacher --method dpt` builds it."""
+    settings = resolve_with_preset("dpt", {"model.backbone": DEMO_STUDENT, **overrides}, env={}).settings
+    return DPT(copy.deepcopy(clip), CLASSES, settings), settings
+
+
+def rates(method: torch.nn.Module, settings: Settings, epochs: tuple[int, ...]) -> dict[str, list[float]]:
+    """Each optimizer group's learning rate per epoch, by group name."""
+    optimizer, schedules = build_optimizer(method, settings.train)
+    assert [g["name"] for g in optimizer.param_groups] == [s.name for s in schedules]
+    return {s.name: [s.lr(epoch, settings.train) for epoch in epochs] for s in schedules}
+
+
+def test_preset_gives_text_prompts_0_002_and_vision_prompts_0_01(clip: LoadedClip) -> None:
+    method, settings = preset_dpt(clip)
+    optimizer, _ = build_optimizer(method, settings.train)
+    names = {id(p): name for name, p in method.named_parameters()}
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert list(groups) == ["vision", "text"]
+    assert {names[id(p)] for p in groups["text"]["params"]} == {"text.prompts.tokens.0"}
+    assert {names[id(p)] for p in groups["vision"]["params"]} == trainable(method) - {"text.prompts.tokens.0"}
+    assert (groups["vision"]["lr"], groups["text"]["lr"]) == (0.01, 0.002)
+    assert groups["vision"]["weight_decay"] == groups["text"]["weight_decay"] == 5e-4
+    epochs = settings.train.epochs
+    schedule = rates(method, settings, tuple(range(1, epochs + 1)))
+    assert schedule["vision"][0] == schedule["text"][0] == 1e-5  # warm-up: Dassl's constant LR for both
+    assert (schedule["vision"][1], schedule["text"][1]) == pytest.approx((0.01, 0.002))  # the demo: 1 warm-up epoch
+    for vision, text in zip(schedule["vision"][1:], schedule["text"][1:], strict=True):
+        assert text / vision == pytest.approx(0.2)  # the same cosine at each group's own peak
+
+
+def test_text_prompts_have_their_own_warm_up(clip: LoadedClip) -> None:
+    """The full-size recipe: ten warm-up epochs for the visual side, one for the text context (trainers/DPT.py)."""
+    method, settings = preset_dpt(clip, **{"train.warmup_epochs": 10, "train.epochs": 100})
+    schedule = rates(method, settings, (1, 2, 10, 11))
+    assert schedule["text"] == pytest.approx([1e-5, 0.002, 0.002 * 0.5 * (1 + math.cos(math.pi * 8 / 100)),
+                                              0.002 * 0.5 * (1 + math.cos(math.pi * 9 / 100))])
+    assert schedule["vision"] == pytest.approx([1e-5, 1e-5, 1e-5, 0.01])
+
+
+def test_text_rate_is_a_setting_and_lr_moves_the_visual_side(clip: LoadedClip) -> None:
+    method, settings = preset_dpt(clip, **{"train.lr": 0.02, "dpt.text_lr": 0.004})
+    assert rates(method, settings, (2,)) == {"vision": [0.02], "text": [0.004]}
+    vpt, settings = preset_dpt(clip, **{"dpt.variant": "vpt"})
+    assert list(rates(vpt, settings, (2,))) == ["vision"]
 
 
 # ------------------------------------------------------------------------------------------------ SemPT on DPT
@@ -401,3 +456,15 @@ def test_sempt_wraps_dpt_unchanged(clip: LoadedClip) -> None:
         plain = method.classifier(CLASSES)(features)
         torch.testing.assert_close(logits[:, :3], plain[:, :3])  # seen classes: DPT's own rule
         assert not torch.allclose(logits[:, 3:], plain[:, 3:])  # unseen: attribute-enhanced
+
+
+@pytest.mark.parametrize("beta", [0.6, 0.0])
+def test_sempt_on_dpt_keeps_both_groups_and_adds_its_fusion(clip: LoadedClip, beta: float) -> None:
+    method, settings = preset_dpt(clip)
+    plain = {g["name"]: (g["lr"], g["params"]) for g in build_optimizer(method, settings.train)[0].param_groups}
+    wrapped = SemPT(method, SemptHyperParameters(beta=beta), None, seen=CLASSES, dim=EMBED)
+    optimizer, _ = build_optimizer(wrapped, settings.train)
+    groups = {g["name"]: (g["lr"], g["params"]) for g in optimizer.param_groups}
+    fusion = list(wrapped.fusion.parameters()) if beta > 0 else []  # β = 0: nothing trains the fusion
+    assert groups == {"vision": (0.01, plain["vision"][1] + fusion), "text": plain["text"]}
+    assert plain["text"][0] == 0.002
