@@ -70,9 +70,9 @@ from sempt_cli.data.registry import bundled_imagenet_classnames
 from sempt_cli.engine.runtime import Runtime, seeded
 from sempt_cli.engine.view_cache import ViewFeatureCache, plan_cache
 from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
-from sempt_cli.methods.promptsrc import CLASS_CHUNK, IVLP, PromptSRC
+from sempt_cli.methods.promptsrc import IVLP, PromptSRC
 from sempt_cli.models.factory import load_clip, register_model_config
-from sempt_cli.models.prompted import ClassPrompts
+from sempt_cli.models.prompted import CLASS_CHUNK, ClassPrompts
 from sempt_cli.protocol import Batch
 from sempt_cli.settings import Settings, load_settings
 
@@ -174,8 +174,7 @@ def vision_flops(visual: torch.nn.Module, prompts: int) -> float:
 def text_flops(prompts: ClassPrompts, width: int, layers: int, length: int | None) -> float:
     """Sum over the chunks `class_embeddings` runs; each chunk is truncated to its own last EOT (or `length`)."""
     total = 0.0
-    for start in range(0, len(prompts), CLASS_CHUNK):
-        chunk = prompts.select(slice(start, start + CLASS_CHUNK))
+    for chunk in prompts.chunks():
         total += len(chunk) * transformer_flops(length or chunk.length, width, layers)
     return total
 
@@ -357,9 +356,8 @@ def main() -> None:
             tokenised = teacher.text.class_prompts(names)
 
             def recomputed_77(teacher: PromptSRC = teacher, prompts: ClassPrompts = tokenised) -> torch.Tensor:
-                chunks = [prompts.select(slice(i, i + CLASS_CHUNK)) for i in range(0, len(prompts), CLASS_CHUNK)]
                 with untruncated(teacher):  # the rest is `class_embeddings`, minus the tokenising
-                    return torch.nn.functional.normalize(torch.cat([teacher.text(c) for c in chunks]), dim=-1)
+                    return torch.nn.functional.normalize(teacher.text.encode(prompts), dim=-1)
 
             fixed = vectors
             signals = {
@@ -379,7 +377,7 @@ def main() -> None:
             text_full = text_flops(prompts, text_width, text_layers, prompts.token_ids.shape[1])
             model_flops = {"cached": 2 * s_fwd, "text-cached": 2 * s_fwd + t_img,
                            "recompute": 2 * s_fwd + t_img + text_trunc, "recompute-77": 2 * s_fwd + t_img + text_full}
-            lengths = [prompts.select(slice(i, i + CLASS_CHUNK)).length for i in range(0, n, CLASS_CHUNK)]
+            lengths = [chunk.length for chunk in prompts.chunks()]
 
             variants = [Variant(m, lambda s=signals[m]: optimizer_step(s), restore) for m in modes]
             if warmup == 0:  # prime the student's forward/backward and the optimizer state, untimed

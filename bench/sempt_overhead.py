@@ -334,7 +334,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             def no_teacher(_: Tensor) -> Tensor:
                 raise RuntimeError("the epoch file exists: the teacher never runs here")
 
-            cache = ViewFeatureCache(root, None, no_teacher, runtime, plan_cache(num_views, dim, 1, 1.0))  # type: ignore[arg-type]
+            views = range(num_views)  # the cache only counts the views; their pixels are never read here
+            cache = ViewFeatureCache(root, views, no_teacher, runtime, plan_cache(num_views, dim, 1, 1.0))  # type: ignore[arg-type]
             cache.ensure(1)
             signals = TeacherSignals(lambda v=vectors: v, lambda b, c=cache: c.features(b.epoch, b.indices), 100.0,
                                      cache.ensure)
