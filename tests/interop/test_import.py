@@ -221,6 +221,7 @@ def test_files_of_the_other_kind_are_told_apart(root: Path, official_teacher: tu
         import_student(path, imported_teacher.checkpoint, overrides=run_paths(root), env={}, console=_quiet())
 
 
+@pytest.mark.slow
 def test_sempt_eval_scores_imported_checkpoints_unchanged(root: Path, imported_teacher: ImportResult,
                                                           imported_student: ImportResult) -> None:
     ensure_demo_world(root / "cache")

@@ -159,6 +159,7 @@ def test_unknown_backbone_has_no_demo_weights() -> None:
 # ------------------------------------------------------------------------------------------- zero-shot
 
 
+@pytest.mark.slow
 def test_teacher_knows_the_demo_world_better_than_the_student(world_root: Path, shipped: dict[str, LoadedClip]) -> None:
     test = dc.demo_test_set(world_root, per_class=20)
     assert len(test.labels) == 800 and test.classnames[:2] == dc.demo_test_set(per_class=1).classnames[:2]

@@ -49,6 +49,7 @@ def _student(checkpoint: Path, cache: Path, out: Path, **extra: object):
     return distill("promptkd", checkpoint, resolve_distill_settings("promptkd", checkpoint, overrides, env={}))
 
 
+@pytest.mark.slow
 def test_teacher_modes_train_the_same_student(teacher_checkpoint: Path, demo_cache: Path, tmp_path: Path) -> None:
     cached = _student(teacher_checkpoint, demo_cache, tmp_path)
     live = _student(teacher_checkpoint, demo_cache, tmp_path, **{"promptkd.teacher_cache_gb": 0})
@@ -64,6 +65,7 @@ def test_teacher_modes_train_the_same_student(teacher_checkpoint: Path, demo_cac
     assert set(cached.metrics) == {"base", "novel", "hm", "all"}
 
 
+@pytest.mark.slow
 def test_student_scores_base_and_novel_against_the_right_rows(teacher_checkpoint: Path, demo_cache: Path,
                                                                tmp_path: Path) -> None:
     from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
@@ -81,6 +83,7 @@ def test_student_scores_base_and_novel_against_the_right_rows(teacher_checkpoint
         method.class_embeddings(["a", "c"])
 
 
+@pytest.mark.slow
 def test_official_best_selection_keeps_the_best_base_test_epoch(teacher_checkpoint: Path, demo_cache: Path,
                                                                 tmp_path: Path) -> None:
     """`--select official-best`: base-class test accuracy after every epoch, the best epoch's student kept."""

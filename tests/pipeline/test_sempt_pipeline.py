@@ -47,6 +47,7 @@ def sempt_student(teacher: Path, workspace: dict[str, str]):
     return _distill(teacher, {**workspace, **STUDENT})
 
 
+@pytest.mark.slow
 def test_distill_applies_sempt_by_default_with_the_teachers_seen_classes(
     sempt_student, teacher: Path, workspace: dict[str, str]
 ) -> None:
@@ -65,6 +66,7 @@ def test_distill_applies_sempt_by_default_with_the_teachers_seen_classes(
     assert not load_learned(baseline.checkpoint).record.variant
 
 
+@pytest.mark.slow
 def test_sempt_student_does_not_depend_on_whether_the_description_cache_was_warm(
     sempt_student, teacher: Path, workspace: dict[str, str], tmp_path: Path
 ) -> None:
@@ -76,6 +78,7 @@ def test_sempt_student_does_not_depend_on_whether_the_description_cache_was_warm
         assert torch.equal(value, second[name]), name
 
 
+@pytest.mark.slow
 def test_eval_reproduces_training_metrics_and_applies_each_inference_rule(
     sempt_student, workspace: dict[str, str]
 ) -> None:
@@ -112,6 +115,7 @@ def test_attribute_files_are_found_or_explained(tmp_path: Path) -> None:
     assert demo.is_file() and json.loads(demo.read_text())["dataset"] == "demo"
 
 
+@pytest.mark.slow
 def test_ablation_runs_the_grid_reuses_it_and_renders_beside_table_4(
     teacher: Path, workspace: dict[str, str], tmp_path: Path
 ) -> None:
@@ -132,6 +136,7 @@ def test_ablation_runs_the_grid_reuses_it_and_renders_beside_table_4(
     assert again.path == result.path
 
 
+@pytest.mark.slow
 def test_embedding_ablation_trains_once_and_evaluates_three_rules(teacher: Path, workspace: dict[str, str]) -> None:
     result = run_ablation("embedding", {**workspace, **STUDENT}, teacher=teacher)
     assert [p.value for p in result.points] == ["label", "enhanced", "hybrid"]

@@ -18,6 +18,9 @@ from sempt_cli.pipeline.teacher import train_teacher
 from sempt_cli.report.records import ModelInfo, aggregate
 from sempt_cli.settings import load_settings
 
+pytestmark = pytest.mark.slow  # every test here trains on the demo world
+
+
 TINY = {"data.dataset": "demo", "model.pretrained": "none", "data.workers": 0, "data.eval_batch_size": 250,
         "data.allow_any_shots": True, "data.shots": 1, "train.epochs": 1}
 

@@ -25,6 +25,7 @@ def _small(cache: Path, out: Path, **extra: object) -> dict[str, object]:
     return {**SMALL, "paths.cache_dir": str(cache), "paths.output_dir": str(out), **extra}
 
 
+@pytest.mark.slow
 def test_promptsrc_resume_equals_uninterrupted(demo_cache: Path, tmp_path: Path) -> None:
     full = train_teacher("promptsrc", resolve_with_preset("promptsrc", _small(demo_cache, tmp_path / "a"), env={}))
     resolved = resolve_with_preset("promptsrc", _small(demo_cache, tmp_path / "b"), env={})
@@ -39,6 +40,7 @@ def test_promptsrc_resume_equals_uninterrupted(demo_cache: Path, tmp_path: Path)
     assert set(full.metrics) == {"base", "novel", "hm", "all"}
 
 
+@pytest.mark.slow
 def test_own_evaluation_says_what_on_corrupt_skip_left_out(demo_cache: Path, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from rich.console import Console
@@ -103,6 +105,7 @@ def test_cli_run_survives_kill_9(demo_cache: Path, tmp_path: Path) -> None:
     assert (states[0].parent / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_embed_caches_teacher_class_vectors_for_all_classes(
     demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,6 +70,7 @@ def _settings(cache: Path, results: Path, **extra: Any) -> Settings:
 # ------------------------------------------------------------------------------------------ real checkpoints
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_base2novel_record_has_base_novel_hm_all(kind: str, runs: dict[str, Any], demo_cache: Path,
                                                  tmp_path: Path) -> None:
@@ -91,6 +92,7 @@ def test_base2novel_record_has_base_novel_hm_all(kind: str, runs: dict[str, Any]
         assert saved["model"]["teacher_sha256"] == load_record(record.path).model.teacher_sha256  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_identical_evaluation_reuses_its_record(runs: dict[str, Any], demo_cache: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     settings = _settings(demo_cache, tmp_path)
@@ -112,6 +114,7 @@ def test_identical_evaluation_reuses_its_record(runs: dict[str, Any], demo_cache
     assert other.key != first.key and list(other.results["demo"].metrics) == ["accuracy"]
 
 
+@pytest.mark.slow
 def test_missing_dataset_is_skipped_then_retried_and_subsets_are_200_way(
     runs: dict[str, Any], demo_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -138,6 +141,7 @@ def test_missing_dataset_is_skipped_then_retried_and_subsets_are_200_way(
     assert calls == ["dtd"] and again.results["dtd"].status == "ok" and again.results["dtd"].num_classes == 47
 
 
+@pytest.mark.slow
 def test_student_refuses_a_different_teacher(runs: dict[str, Any], demo_cache: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="not the teacher this student was distilled from"):
         evaluate_checkpoint(runs["student"].checkpoint, _settings(demo_cache, tmp_path),
@@ -299,6 +303,7 @@ def test_plots_are_valid_pngs(tmp_path: Path) -> None:
 # -------------------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_scores_checkpoints_and_zero_shot_and_rerenders_records(runs: dict[str, Any], demo_cache: Path,
                                                                     tmp_path: Path) -> None:
     runner = CliRunner()
