@@ -34,15 +34,13 @@ from sempt_cli.knowledge.schema import AttributeFile, load_attribute_file
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
-from sempt_cli.models.prompted import PromptedTextTower, PromptSpec
+from sempt_cli.models.prompted import CLASS_CHUNK, PromptedTextTower, PromptSpec
 from sempt_cli.pipeline.runs import load_teacher
 from sempt_cli.settings import Settings
 
 KIND = "attribute-vectors"
 BODY_FORMAT = "description-v1"
 """How a description becomes the encoded text (`description_body`): bump when that rule changes."""
-TEXT_CHUNK = 256
-"""Descriptions encoded per forward pass; bounds memory for ImageNet (1000 × 6 texts)."""
 
 
 @dataclass(frozen=True)
@@ -130,8 +128,9 @@ def _encode(tower: PromptedTextTower, attributes: AttributeFile, runtime: Runtim
     console.print(f"Encoding {len(texts)} descriptions ({len(attributes.classnames)} classes × "
                   f"{attributes.num_descriptions}) with {label} ...")
     with torch.no_grad(), runtime.autocast():
-        features = torch.cat([tower(tower.build_prompts(texts[i : i + TEXT_CHUNK])).float()
-                              for i in range(0, len(texts), TEXT_CHUNK)])
+        # tokenised chunk by chunk too: the token embeddings of every description at once would not fit
+        features = torch.cat([tower(tower.build_prompts(texts[i : i + CLASS_CHUNK])).float()
+                              for i in range(0, len(texts), CLASS_CHUNK)])
     vectors = F.normalize(features, dim=-1)
     return vectors.reshape(len(attributes.classnames), attributes.num_descriptions, -1)
 

@@ -8,6 +8,7 @@ import torch
 
 from sempt_cli.errors import SettingsError
 from sempt_cli.models.factory import LoadedClip, load_clip, to_official_fp16
+from sempt_cli.presets import is_demo_backbone
 from sempt_cli.settings import ModelSettings
 
 DEMO_TAG = "demo"
@@ -19,7 +20,7 @@ def load_backbone(
     """The frozen CLIP to adapt; 'demo' weights exist only for the built-in sempt-demo-* backbones. `half`: in the
     official fp16 layout (`Runtime.half_weights`, `--precision fp16`; see `to_official_fp16`)."""
     if model.checkpoint is None and model.pretrained == DEMO_TAG:
-        if not model.backbone.startswith("sempt-demo"):
+        if not is_demo_backbone(model.backbone):
             raise SettingsError(
                 f"model.pretrained = 'demo' only exists for the built-in sempt-demo-teacher/-student backbones, "
                 f"not {model.backbone}; pass --pretrained openai (or another open_clip tag) or --checkpoint PATH."
