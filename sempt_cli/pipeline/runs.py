@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -255,11 +255,11 @@ class RunLifecycle:
         augment = clip_train_transform(image_size(self.clip), scale=(data.crop_scale_min, 1.0))
         return SeededImageDataset(prepared.train.train, augment, data.seed, data.on_corrupt)
 
-    def record(self, kind: str, method_name: str, prepared: PreparedData, train_classnames: Sequence[str],
-               **fields: Any) -> RunRecord:
+    def record(self, kind: Literal["teacher", "student"], method_name: str, prepared: PreparedData,
+               train_classnames: Sequence[str], **fields: Any) -> RunRecord:
         settings = self.settings
         return RunRecord(
-            kind=kind, method=method_name, backbone=self.clip.backbone, pretrained=settings.model.pretrained,  # type: ignore[arg-type]
+            kind=kind, method=method_name, backbone=self.clip.backbone, pretrained=settings.model.pretrained,
             backbone_identity=self.identity, dataset=settings.data.dataset, setting=settings.data.setting,
             classnames=prepared.full.classnames, num_base=prepared.num_base, train_classnames=list(train_classnames),
             settings=settings.model_dump(mode="json"), sempt_version=__version__, **fields,
