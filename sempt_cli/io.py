@@ -37,7 +37,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.chmod(tmp_name, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should be readable like any other
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as handle:
+        with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

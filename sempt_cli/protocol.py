@@ -140,13 +140,14 @@ class Method(nn.Module, ABC):
     subclasses that are presets of a method inherit it."""
     preset_table: ClassVar[Presets] = Presets()
     """Its official hyper-parameters per setting, dataset and backbone, as data (`sempt_cli.presets`)."""
-    image_side_needs_classes: ClassVar[bool] = False
+    image_side_needs_classes: bool = False
     """True when image embeddings depend on the candidate classes (DPT's class-aware visual prompts): evaluation
-    then encodes images once per class list with `image_embeddings_among`."""
-    unused_parameters: ClassVar[bool] = False
+    then encodes images once per class list with `image_embeddings_among`. Per instance (DPT without CAVPT
+    and a wrapper such as SemPT set their own), so not a ClassVar."""
+    unused_parameters: bool = False
     """True when some trainable parameter can get no gradient in a training step (DPT's K-way head when no ground
     truth is among the top classes): DistributedDataParallel must then look for unused parameters, an extra
-    autograd traversal every step that every other method is spared."""
+    autograd traversal every step that every other method is spared. Per instance, like the flag above."""
     settings_sections: ClassVar[tuple[str, ...]] = ()
     """Settings sections, besides model, data and train, that shape what this method learns (its run key)."""
     supervised: ClassVar[bool] = True

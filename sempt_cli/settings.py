@@ -429,9 +429,13 @@ class Settings(BaseSettings):
         raise SettingsError(f"No settings section is declared by {model.__name__}; is its method registered?")
 
 
+def _section_model(annotation: object) -> type[SettingsSection]:
+    assert isinstance(annotation, type) and issubclass(annotation, SettingsSection), annotation
+    return annotation
+
+
 CORE_SECTIONS: dict[str, type[SettingsSection]] = {
-    name: field.annotation  # type: ignore[misc]
-    for name, field in Settings.model_fields.items()
+    name: _section_model(field.annotation) for name, field in Settings.model_fields.items()
 }
 _PLUGIN_SECTIONS: dict[str, type[SettingsSection]] = {}
 _MODELS: dict[tuple[str, ...], type[Settings]] = {}

@@ -120,7 +120,7 @@ def settings_options(*sections: str) -> Callable[[Callable[..., Any]], Callable[
 
         parameters = kept + generated
         wrapper.__doc__ = reflow(command.__doc__ or "")
-        wrapper.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]  # read by inspect
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         del wrapper.__wrapped__
         return wrapper

@@ -313,9 +313,10 @@ def _read_manifest(manifest: Path, classnames_file: Path | None) -> tuple[list[s
         if empty:
             raise _fail(f"Class {empty[0]!r} of {classnames_file} has no images in the manifest.")
         return names_in_file, items
-    if numbers and all(number is not None for number in numbers.values()):
-        ordered = sorted(numbers, key=lambda name: numbers[name])  # a split file keeps its own label order
-        if [numbers[name] for name in ordered] != list(range(len(ordered))):
+    labels = {name: number for name, number in numbers.items() if number is not None}
+    if numbers and len(labels) == len(numbers):
+        ordered = sorted(labels, key=lambda name: labels[name])  # a split file keeps its own label order
+        if [labels[name] for name in ordered] != list(range(len(ordered))):
             raise _fail(f"The labels of {manifest} are not 0..{len(ordered) - 1}, one per class.")
         return ordered, items
     return sorted(numbers), items
@@ -455,7 +456,8 @@ def _given_split(classnames: Sequence[str], items: Sequence[_Item]) -> dict[str,
         groups: dict[int, list[list[Any]]] = {}
         for row in out["train"]:
             groups.setdefault(row[1], []).append(row)
-        train, val = [], []
+        train: list[list[Any]] = []
+        val: list[list[Any]] = []
         for y, rows in groups.items():
             n_val = round(len(rows) * P_VAL_OF_TRAIN)
             if n_val == 0 or n_val == len(rows):

@@ -390,12 +390,12 @@ def generate_pretraining_samples(
     samples: list[CorpusSample] = []
     for i in range(start, start + n):
         rng = random.Random(f"{seed}-caption-{i}")
+        cls: DemoClass | None = None
         if rng.random() < class_fraction:
-            cls: DemoClass | None = classes[rng.randrange(len(classes))]
+            cls = classes[rng.randrange(len(classes))]
             attributes = dict(cls.attributes)
         else:
             attributes = {d: rng.choice(values) for d, values in ATTRIBUTES.items()}
-            cls = None
         classname = by_combo.get(tuple(attributes[d] for d in ATTRIBUTES))
         rate = 0.0
         if cls is not None:

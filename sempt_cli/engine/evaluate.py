@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -21,6 +21,9 @@ from sempt_cli.data.subsample import split_base_new
 from sempt_cli.engine.distributed import DistContext, all_reduce_sum
 from sempt_cli.engine.runtime import Runtime
 from sempt_cli.protocol import Method
+
+if TYPE_CHECKING:
+    from sempt_cli.data.images import OnCorrupt
 
 
 def harmonic_mean(base: float, novel: float) -> float:
@@ -65,7 +68,7 @@ def score_views(
     *,
     batch_size: int = 100,
     workers: int = 0,
-    on_corrupt: str = "error",
+    on_corrupt: OnCorrupt = "error",
     description: str = "eval",
     in_domain: bool = True,
     console: Console | None = None,
@@ -90,7 +93,7 @@ def score_views(
     with runtime.autocast():
         classifiers = {v.name: method.classifier(list(classnames[v.start : v.stop]), in_domain=in_domain)
                        for v in views}
-        loader = DataLoader(ImageDataset(samples, transform, on_corrupt),  # type: ignore[arg-type]
+        loader = DataLoader(ImageDataset(samples, transform, on_corrupt),
                             batch_size=batch_size, num_workers=workers)
         progress = Progress(TextColumn(f"[bold green]{description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), console=console or Console(stderr=True), transient=True)

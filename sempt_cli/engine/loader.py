@@ -94,7 +94,7 @@ class EpochBatches:
 
 def make_loader(dataset: Dataset, plan: Sequence[Sequence[Sequence[int]]], workers: int) -> DataLoader:
     """A loader yielding the planned micro-batches in order, `(images, labels, indices)` each."""
-    batch_sampler = [micro for step in plan for micro in step]
+    batch_sampler = [list(micro) for step in plan for micro in step]
     return DataLoader(
         dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=False,
         pin_memory=torch.cuda.is_available(),

@@ -305,8 +305,10 @@ class Trainer:
         for i, batch in enumerate(micro_batches):
             batch = batch.to(self.runtime.device)
             sync = i == len(micro_batches) - 1
-            no_sync = self.dist.enabled and not sync
-            context = self.loss_module.no_sync() if no_sync else contextlib.nullcontext()  # type: ignore[operator]
+            context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            if self.dist.enabled and not sync:
+                assert isinstance(self.loss_module, nn.parallel.DistributedDataParallel)  # wrapped in __init__
+                context = self.loss_module.no_sync()
             with context:
                 with self.runtime.autocast():
                     output: LossOutput = self.loss_module(batch)

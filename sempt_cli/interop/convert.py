@@ -56,7 +56,7 @@ from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.record import RunRecord
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.distill import resolve_distill_settings
-from sempt_cli.pipeline.runs import CHECKPOINT_NAME, run_key
+from sempt_cli.pipeline.runs import CHECKPOINT_NAME, method_constructor, run_key
 from sempt_cli.settings import ResolvedSettings, Settings, load_settings
 
 OFFICIAL_BACKBONES: dict[tuple[int, int], str] = {
@@ -145,7 +145,7 @@ def import_teacher(
     classnames = all_classnames(settings.data.dataset)
     num_base, _ = split_base_new(len(classnames))
     seen = {"base": classnames[:num_base], "new": classnames[num_base:], "all": classnames}[settings.data.subsample]
-    model = _without_training_targets(get_method(method))(clip, seen, settings)
+    model = method_constructor(_without_training_targets(get_method(method)))(clip, seen, settings)
     model.load_trainable_state(layout.to_ours(ckpt.state_dict, model.trainable_state(), source=str(ckpt.path)),
                                source=str(ckpt.path))
     warnings += _check_frozen(layout, ckpt, clip, console)

@@ -131,6 +131,8 @@ def _refusal(path: Path, exc: pickle.UnpicklingError) -> WeightsError:
                         "unpickle it.")
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException | str) -> str:
     text = str(exc).strip().splitlines()
-    return text[0].rstrip(".") if text else type(exc).__name__
+    if text:
+        return text[0].rstrip(".")
+    return "no reason given" if isinstance(exc, str) else type(exc).__name__

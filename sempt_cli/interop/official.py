@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,9 @@ from torch import Tensor, nn
 from sempt_cli.data.registry import DEMO_KEY, canonical_dataset_name, get_dataset_info
 from sempt_cli.errors import SettingsError, WeightsError
 from sempt_cli.settings import STANDARD_SHOTS
+
+if TYPE_CHECKING:
+    from sempt_cli.models.prompted import DeepPrompts
 
 OFFICIAL_TEACHER_DEPTH = 9
 """PromptKD's `load_clip_to_cpu_teacher` builds every teacher with IVLP depth 9/9 and 4/4 tokens (spec §3.1)."""
@@ -499,6 +502,18 @@ def official_prompt_keys(vision_depth: int, text_depth: int) -> dict[str, str]:
     return prompt_keys(vision_depth, text_depth)
 
 
+def _deep_prompts(tower: nn.Module | None, name: str) -> DeepPrompts | None:
+    """The IVLP prompts of a prompted tower (None for no tower): what official prompts are copied into."""
+    from sempt_cli.models.prompted import DeepPrompts  # open_clip loads only when prompts are imported
+
+    if tower is None:
+        return None
+    prompts = getattr(tower, "prompts", None)
+    if not isinstance(prompts, DeepPrompts):
+        raise WeightsError(f"The {name} tower has no IVLP deep prompts to import official prompts into.")
+    return prompts
+
+
 def import_official_prompts(
     state: Mapping[str, Tensor],
     *,
@@ -511,8 +526,8 @@ def import_official_prompts(
     Missing or mis-shaped prompts are an error: the official loader's strict=False would leave them random
     (spec §5.7). Only the prompts are read; the checkpoint's (GPA-perturbed) backbone copy is not.
     """
-    towers = {"vision": vision, "text": text}
-    depths = {name: len(t.prompts.tokens) if t is not None else 0 for name, t in towers.items()}
+    towers = {"vision": _deep_prompts(vision, "vision"), "text": _deep_prompts(text, "text")}
+    depths = {name: len(prompts.tokens) if prompts is not None else 0 for name, prompts in towers.items()}
     mapping = official_prompt_keys(depths["vision"], depths["text"])
     missing = [official for official in mapping.values() if official not in state]
     if missing:
@@ -524,7 +539,9 @@ def import_official_prompts(
     with torch.no_grad():
         for ours, official in mapping.items():
             tower_name, layer = ours.split(".")
-            target = towers[tower_name].prompts.tokens[int(layer)]  # type: ignore[union-attr]
+            prompts = towers[tower_name]
+            assert prompts is not None  # official_prompt_keys maps only the towers given (depth > 0)
+            target = prompts.tokens[int(layer)]
             value = state[official]
             if tuple(value.shape) != tuple(target.shape):
                 raise WeightsError(

@@ -51,7 +51,7 @@ DOMAINS: dict[str, str] = {
 
 
 def _folder(version: str) -> Any:  # a Traversable (its import path moved in Python 3.11)
-    return resources.files("sempt_cli.knowledge").joinpath("prompts", version)
+    return resources.files("sempt_cli.knowledge").joinpath("prompts").joinpath(version)
 
 
 def available_versions() -> list[str]:

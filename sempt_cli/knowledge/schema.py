@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -24,7 +24,7 @@ from sempt_cli.data.registry import canonical_dataset_name
 from sempt_cli.errors import SemptError, short_quote
 from sempt_cli.io import atomic_write_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 Strategy = Literal["two-step", "one-step", "names", "ground-truth"]
 GeneratorKind = Literal["llm", "class-names", "ground-truth"]
 

@@ -291,6 +291,9 @@ class DPT(Method):
     image_side_needs_classes = True
     settings_sections = ("prompts", "dpt")
 
+    frozen_text: Tensor
+    """Buffer: the frozen text features of the training classes."""
+
     def __init__(
         self, clip: LoadedClip, train_classnames: Sequence[str], settings: Settings, cache: TensorCache | None = None
     ) -> None:

@@ -38,7 +38,7 @@ from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
-from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.protocol import Batch, LossOutput, Method, Role, TrainingForward, register_method
 from sempt_cli.settings import Settings, SettingsSection
 
 FEW_SHOT_NARROW_GPA = {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
@@ -83,8 +83,8 @@ class PromptSRC(Method):
 
     name = "promptsrc"
     title = "PromptSRC"
-    role = "teacher"
-    options = PromptSRCSettings
+    role: ClassVar[Role] = "teacher"  # declared wide: RESTORE, a subclass, is a baseline
+    options: ClassVar[type[SettingsSection] | None] = PromptSRCSettings  # and has its own section
     preset_table = PROMPTSRC_PRESETS
     settings_sections = ("prompts", "promptsrc")
     description = "IVLP prompts + self-regulating consistency losses + Gaussian prompt aggregation (ICCV'23)."

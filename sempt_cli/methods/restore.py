@@ -61,6 +61,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import Transformer
 from pydantic import ConfigDict, Field
 from torch import Tensor, nn
 
@@ -146,7 +147,7 @@ class Encoded:
     alpha: Tensor
 
 
-def _run_block(transformer: nn.Module, index: int, x: Tensor, mask: Tensor | None) -> Tensor:
+def _run_block(transformer: Transformer, index: int, x: Tensor, mask: Tensor | None) -> Tensor:
     """open_clip's block `index` on a batch-first sequence (the block itself, never a copy)."""
     block = transformer.resblocks[index]
     if getattr(transformer, "batch_first", True):

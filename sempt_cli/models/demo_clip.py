@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from sempt_cli.data.transforms import CLIP_MEAN, CLIP_STD
 from sempt_cli.errors import WeightsError
 from sempt_cli.io import atomic_write_bytes, atomic_write_json, sha256_file
 from sempt_cli.models.factory import DEMO_STUDENT, DEMO_TEACHER, LoadedClip, Tokenizer, load_clip, load_weights
+
+if TYPE_CHECKING:
+    from open_clip.model import CLIP
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,7 @@ class _TextEncoder:
     the causal mask means positions after the end token never influence it, so this equals the real
     encode_text on the full 77-token context (a test checks it)."""
 
-    def __init__(self, model: nn.Module, token_ids: Tensor) -> None:
+    def __init__(self, model: CLIP, token_ids: Tensor) -> None:
         self.model = model
         self.lookup = torch.full((int(model.vocab_size),), -1, dtype=torch.long)
         self.lookup[token_ids] = torch.arange(len(token_ids))
@@ -258,7 +261,7 @@ def pretrain(
     warmup: float = 0.1,
     shift: int = 3,
     progress: Callable[[int, float], None] | None = None,
-) -> tuple[nn.Module, PretrainReport]:
+) -> tuple[CLIP, PretrainReport]:
     """Contrastively pre-train `backbone` from random initialisation on the demo corpus.
 
     Standard CLIP: symmetric InfoNCE with a learnable temperature (init 1/0.07, clamped at 100), AdamW with
@@ -385,7 +388,7 @@ def demo_test_set(root: Path | None = None, *, per_class: int | None = None, siz
 
 @torch.no_grad()
 def zero_shot_accuracy(
-    model: nn.Module,
+    model: CLIP,
     tokenizer: Tokenizer,
     test: DemoTestSet,
     *,
@@ -474,7 +477,7 @@ def read_sparse_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
 
 
 def write_demo_weights(
-    model: nn.Module,
+    model: CLIP,
     report: PretrainReport,
     out_dir: Path,
     *,

@@ -27,13 +27,14 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import urlparse
 
 import open_clip
 import torch
 from open_clip import factory as oc_factory
 from open_clip import pretrained as oc_pretrained
+from open_clip.model import CLIP, CustomTextCLIP
 from torch import Tensor, nn
 
 from sempt_cli.errors import SemptError, WeightsError
@@ -63,11 +64,15 @@ class Preprocess:
     resize_mode: str = "shortest"
 
 
+ClipModel: TypeAlias = "CLIP | CustomTextCLIP"
+"""What `open_clip.create_model` builds (open_clip ships no type information, so mypy reads this as Any)."""
+
+
 @dataclass(frozen=True)
 class LoadedClip:
     """A loaded model; unpacks as `model, tokenizer, preprocess = load_clip(...)`."""
 
-    model: nn.Module
+    model: ClipModel
     tokenizer: Tokenizer
     preprocess: Preprocess
     backbone: str

@@ -36,7 +36,7 @@ from functools import lru_cache
 
 import torch
 from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import TextTransformer, VisionTransformer
+from open_clip.transformer import TextTransformer, Transformer, VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -141,7 +141,7 @@ def _apply_hooks(hooks: Sequence[BlockHook], index: int, x: Tensor) -> Tensor:
 
 
 def _run_blocks(
-    transformer: nn.Module,
+    transformer: Transformer,
     x: Tensor,
     *,
     insert: Callable[[int, Tensor], Tensor],
@@ -208,7 +208,7 @@ class PromptedVisionTower(_PromptedTower):
                 f"Vision prompt depth {spec.depth} exceeds the {len(visual.transformer.resblocks)} blocks "
                 "of this backbone."
             )
-        self.visual = visual
+        self.visual: VisionTransformer = visual
         self.spec = spec
         self.width = int(visual.conv1.out_channels)
         if prompts is None and spec.enabled:
@@ -359,6 +359,8 @@ class PromptedTextTower(_PromptedTower):
     With depth 0 and no `prompts`, nothing is learned and `forward(token_ids)` equals `encode_text`.
     """
 
+    causal_mask: Tensor
+
     def __init__(
         self,
         clip_model: nn.Module,
@@ -373,14 +375,14 @@ class PromptedTextTower(_PromptedTower):
         super().__init__()
         spec = spec or PromptSpec()
         text = _text_tower_parts(clip_model)
-        self.token_embedding: nn.Embedding = text["token_embedding"]
-        self.positional_embedding: nn.Parameter = text["positional_embedding"]
-        self.transformer: nn.Module = text["transformer"]
-        self.ln_final: nn.Module = text["ln_final"]
-        self.text_projection = text["text_projection"]
-        self.pool_type: str = text["pool_type"]
-        self.eos_id: int | None = text["eos_id"]
-        self.causal: bool = text["causal"]
+        self.token_embedding = text.token_embedding
+        self.positional_embedding = text.positional_embedding
+        self.transformer = text.transformer
+        self.ln_final = text.ln_final
+        self.text_projection = text.text_projection
+        self.pool_type = text.pool_type
+        self.eos_id = text.eos_id
+        self.causal = text.causal
         self.context_length = int(self.positional_embedding.shape[0])
         if spec.depth > len(self.transformer.resblocks):
             raise SemptError(
@@ -423,6 +425,7 @@ class PromptedTextTower(_PromptedTower):
 
     def _pool_index(self, token_ids: Tensor) -> Tensor:
         if self.pool_type == "eos":
+            assert self.eos_id is not None  # _text_tower_parts refuses 'eos' pooling without an id
             return (token_ids == self.eos_id).int().argmax(dim=-1)
         return token_ids.argmax(dim=-1)
 
@@ -509,7 +512,21 @@ class PromptedTextTower(_PromptedTower):
         return torch.cat([self(chunk) for chunk in prompts.chunks()])
 
 
-def _text_tower_parts(model: nn.Module) -> dict[str, object]:
+@dataclass(frozen=True)
+class _TextParts:
+    """The open_clip modules and settings a `PromptedTextTower` runs."""
+
+    token_embedding: nn.Embedding
+    positional_embedding: nn.Parameter
+    transformer: Transformer
+    ln_final: nn.Module
+    text_projection: nn.Linear | nn.Parameter | None
+    pool_type: str
+    eos_id: int | None
+    causal: bool
+
+
+def _text_tower_parts(model: nn.Module) -> _TextParts:
     """The text modules of an open_clip `CLIP` (on the model) or `CustomTextCLIP` (`model.text`)."""
     text = getattr(model, "text", None)
     if text is not None:
@@ -525,13 +542,15 @@ def _text_tower_parts(model: nn.Module) -> dict[str, object]:
         raise SemptError(f"{type(model).__name__} has no open_clip text tower.")
     if pool_type not in ("argmax", "eos"):
         raise SemptError(f"Text pooling {pool_type!r} is not supported; EOT pooling ('argmax'/'eos') is.")
-    return {
-        "token_embedding": owner.token_embedding,
-        "positional_embedding": owner.positional_embedding,
-        "transformer": owner.transformer,
-        "ln_final": owner.ln_final,
-        "text_projection": owner.text_projection,
-        "pool_type": pool_type,
-        "eos_id": eos_id,
-        "causal": mask is not None,
-    }
+    if pool_type == "eos" and eos_id is None:
+        raise SemptError("This text tower pools at an EOS token but does not say which token that is (eos_id).")
+    return _TextParts(
+        token_embedding=owner.token_embedding,
+        positional_embedding=owner.positional_embedding,
+        transformer=owner.transformer,
+        ln_final=owner.ln_final,
+        text_projection=owner.text_projection,
+        pool_type=pool_type,
+        eos_id=eos_id,
+        causal=mask is not None,
+    )

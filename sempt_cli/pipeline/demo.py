@@ -31,7 +31,8 @@ def run_demo(overrides: Mapping[str, Any] | None = None, console: Console | None
     console = console or Console(stderr=True)
     overrides = {"data.dataset": "demo", **(overrides or {})}
     checkpoints = []
-    for seed in seeds or [None]:
+    runs: list[int | None] = list(seeds) if seeds else [None]
+    for seed in runs:
         seeded = overrides if seed is None else {**overrides, "data.seed": seed}
         resolved = resolve_with_preset("promptsrc", {**seeded, "model.backbone": DEMO_TEACHER})
         teacher = train_teacher("promptsrc", resolved, console=console)

@@ -30,6 +30,7 @@ from sempt_cli.methods import supervised_method_names
 from sempt_cli.methods.promptkd import PromptKDSettings, TeacherSignals
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.factory import DEMO_STUDENT
+from sempt_cli.models.prompted import PromptedTextTower
 from sempt_cli.pipeline.data import prepare_data
 from sempt_cli.pipeline.embed import embed_classes
 from sempt_cli.pipeline.runs import (
@@ -136,7 +137,9 @@ def _teacher_signals(
 
     own = settings.section(PromptKDSettings)
     if own.recompute_teacher:
-        teacher.text.truncate = False  # the official per-step cost: all 77 positions (features equal up to rounding)
+        text = getattr(teacher, "text", None)  # DPT's VPT variant has no prompted text tower: nothing to untruncate
+        if isinstance(text, PromptedTextTower):
+            text.truncate = False  # the official per-step cost: all 77 positions (features equal up to rounding)
         return TeacherSignals(lambda: teacher.class_embeddings(classnames), live_images, scale), \
             "reference mode: teacher text and image encoders recomputed every step"
     plan = plan_cache(len(dataset), int(vectors.shape[1]), settings.train.epochs, own.teacher_cache_gb)

@@ -124,7 +124,7 @@ class _Model(ABC):
         """SemPT scores transfer targets with their own attribute files: their contents are part of the key."""
         if self.sempt is None:
             return {}
-        files = {}
+        files: dict[str, str | None] = {}
         for dataset in datasets:
             try:
                 files[dataset] = sha256_file(self._attribute_file(dataset))

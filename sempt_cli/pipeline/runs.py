@@ -16,7 +16,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -96,10 +96,27 @@ class TrainedRun:
     """How a student's teacher signals were produced (cached / live / reference); empty for supervised runs."""
 
 
+class MethodConstructor(Protocol):
+    """How a registered method is built: `cls(clip, train_classnames, settings, cache, **extra)` (the plug-in
+    contract of `sempt_cli.protocol`; PromptKD also takes its teacher's signals as keywords)."""
+
+    def __call__(
+        self, clip: LoadedClip, train_classnames: Sequence[str], settings: Settings, cache: TensorCache | None = None,
+        **extra: Any,
+    ) -> Method: ...
+
+
+def method_constructor(cls: type[Method]) -> MethodConstructor:
+    """A registered method class, typed by the constructor every registered method has. `Method.__init__` itself
+    takes only the class names (wrappers such as SemPT build on another method), so the registry's
+    `type[Method]` cannot say so; this is the one place that tells the type checker."""
+    return cast(MethodConstructor, cls)
+
+
 def build_method(name: str, clip: LoadedClip, classnames: Sequence[str], settings: Settings, **extra: Any) -> Method:
     """A fresh method on `clip`, with the shared tensor cache, on the backbone's device."""
     cache = TensorCache(settings.paths.cache_dir / "tensors")
-    method = get_method(name)(clip, list(classnames), settings, cache, **extra)  # type: ignore[call-arg]
+    method = method_constructor(get_method(name))(clip, list(classnames), settings, cache, **extra)
     return method.to(next(clip.model.parameters()).device)
 
 
@@ -238,11 +255,11 @@ class RunLifecycle:
         augment = clip_train_transform(image_size(self.clip), scale=(data.crop_scale_min, 1.0))
         return SeededImageDataset(prepared.train.train, augment, data.seed, data.on_corrupt)
 
-    def record(self, kind: str, method_name: str, prepared: PreparedData, train_classnames: Sequence[str],
-               **fields: Any) -> RunRecord:
+    def record(self, kind: Literal["teacher", "student"], method_name: str, prepared: PreparedData,
+               train_classnames: Sequence[str], **fields: Any) -> RunRecord:
         settings = self.settings
         return RunRecord(
-            kind=kind, method=method_name, backbone=self.clip.backbone, pretrained=settings.model.pretrained,  # type: ignore[arg-type]
+            kind=kind, method=method_name, backbone=self.clip.backbone, pretrained=settings.model.pretrained,
             backbone_identity=self.identity, dataset=settings.data.dataset, setting=settings.data.setting,
             classnames=prepared.full.classnames, num_base=prepared.num_base, train_classnames=list(train_classnames),
             settings=settings.model_dump(mode="json"), sempt_version=__version__, **fields,

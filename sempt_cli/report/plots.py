@@ -83,8 +83,7 @@ def few_shot_curves(groups: Sequence[Group], folder: Path, paper: Sequence[Paper
         figure = new_figure(4.6, 3.6)
         axes = figure.add_subplot()
         for name, by_shots in lines.items():
-            points = [(s, value(g, dataset)) for s, g in sorted(by_shots.items())]
-            points = [(s, v) for s, v in points if v is not None]
+            points = [(s, v) for s, g in sorted(by_shots.items()) if (v := value(g, dataset)) is not None]
             if points:
                 axes.errorbar([s for s, _ in points], [v[0] for _, v in points], yerr=[v[1] for _, v in points],
                               marker="o", capsize=3, label=name)
