@@ -9,6 +9,7 @@ reads it through the same code path.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -243,13 +244,19 @@ def dataset_names() -> list[str]:
 
 
 def canonical_dataset_name(name: str) -> str | None:
-    """Map any common spelling ("OxfordFlowers", "flowers102", "ImageNet-V2") or a registered name to its key,
-    or None."""
+    """Map any common spelling ("OxfordFlowers", "flowers102", "ImageNet-V2"), a registered name, or the folder
+    or manifest a dataset was registered from (`--dataset ~/data/birds` after `data add birds ~/data/birds`) to
+    its key, or None."""
     key = benchmark_name(name)
     if key is not None:
         return key
+    entries = user_entries()
     wanted = _normalise(name)
-    return next((user for user in user_entries() if _normalise(user) == wanted), None)
+    named = next((user for user in entries if _normalise(user) == wanted), None)
+    if named is not None or not name.strip():
+        return named
+    path = os.path.abspath(os.path.expanduser(name))
+    return next((user for user, entry in entries.items() if entry.source == path), None)
 
 
 def get_dataset_info(name: str) -> DatasetInfo:

@@ -89,9 +89,12 @@ def test_registered_names_pass_settings_validation_everywhere(birds: Path) -> No
     assert canonical_dataset_name("BIRDS") == "birds"
 
 
-def test_a_folder_path_as_dataset_says_how_to_register_it(birds: Path) -> None:
+def test_a_folder_path_as_dataset_says_how_to_register_it_then_names_it(birds: Path, registry: Path) -> None:
     with pytest.raises(SettingsError, match="sempt data add NAME"):
         load_settings({"data.dataset": str(birds)}, env={})
+    add_dataset("birds", birds, shots=2)
+    assert load_settings({"data.dataset": str(birds)}, env={}).settings.data.dataset == "birds"
+    assert load_settings({"eval.datasets": f"demo,{birds}"}, env={}).settings.eval.datasets == ["demo", "birds"]
 
 
 def test_split_is_reproducible_and_written_once(birds: Path, registry: Path) -> None:
