@@ -211,9 +211,10 @@ class SemptHyperParameters(SettingsSection):
         None, description="Attribute file of the training dataset (default: <attributes-dir>/<dataset>.json).",
         json_schema_extra={"flag": "attributes"},
     )
-    inference: Literal["hybrid", "label", "enhanced"] = Field(
+    inference: Literal["hybrid", "label", "enhanced", "calibrated"] = Field(
         "hybrid", description="Class embeddings at inference (Table 4a): hybrid = T_lbl for seen classes and T_enh "
-        "for unseen ones; label = T_lbl for all; enhanced = T_enh for all.",
+        "for unseen ones; label = T_lbl for all; enhanced = T_enh for all; calibrated = hybrid with the unseen "
+        "classes' logits put on the seen classes' scale (fitted on unlabelled training images; not in the paper).",
     )
 
     @model_validator(mode="after")

@@ -14,7 +14,8 @@ from sempt_cli.cli.options import overrides_from_options, parse_list, settings_o
 @settings_options("paths", "model", "data", "train", "prompts", "promptkd", "sempt", "eval")
 def ablate(
     options: dict[str, Any],
-    param: Annotated[str, typer.Option("--param", help="alpha, beta, k, embedding or knowledge (Table 4c/d/e/a/b).")],
+    param: Annotated[str, typer.Option("--param", help="alpha, beta, k, embedding, inference or knowledge "
+                                                       "(Table 4c/d/e/a/b; inference adds calibrated to 4a).")],
     values: Annotated[
         str | None, typer.Option("--values", help="Comma-separated grid points instead of the paper's (e.g. 0,0.2).",
                                  show_default=False)
@@ -35,7 +36,8 @@ def ablate(
     """Run one of SemPT's ablations (Table 4) and print it beside the paper's.
 
     Grids: alpha 0.2/0.4/0.6/0.8, beta 0.2/0.4/0.6/0.8, k 1/2/3, embedding label/enhanced/hybrid (inference
-    rules on one trained student), knowledge names/one-step/two-step (the demo world: names/ground-truth).
+    rules on one trained student), inference label/enhanced/hybrid/calibrated (the same plus ours, no
+    retraining), knowledge names/one-step/two-step (the demo world: names/ground-truth).
     Every cache (teacher features, class and description vectors) is shared by all points; each point is a
     resumable run, so an interrupted ablation continues where it stopped."""
     from sempt_cli.pipeline.ablate import run_ablation

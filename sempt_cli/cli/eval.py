@@ -32,6 +32,13 @@ def eval_command(
     teacher: Annotated[
         Path | None, typer.Option("--teacher", help="A student's teacher checkpoint, if it moved since distillation.")
     ] = None,
+    per_class: Annotated[
+        bool, typer.Option("--per-class", help="Compare two models class by class (the first vs the second, each "
+                                               "one or more seeds): the classes that gain and lose most per view.")
+    ] = False,
+    top: Annotated[
+        int, typer.Option("--top", min=1, help="With --per-class: how many gaining and losing classes per view.")
+    ] = 5,
 ) -> None:
     """Evaluate checkpoints under the papers' protocols, beside the papers' numbers.
 
@@ -54,6 +61,9 @@ def eval_command(
     setting = settings.data.setting if resolved.sources["data.setting"] != "default" else None
     report = evaluate_runs(inputs or [], settings, zeroshot=zeroshot, setting=setting, teacher=teacher,
                            console=Console(stderr=True), command=["sempt", *sys.argv[1:]])
+    if per_class:
+        _print_per_class(report.groups, settings.eval.format, top)
+        return
     comparisons = build_comparisons(report.groups, compare=settings.eval.compare)
     if settings.eval.format == "table":
         out = Console()
@@ -67,3 +77,19 @@ def eval_command(
 
         written = write_plots(comparisons, settings.eval.plots, settings.eval.compare)
         Console(stderr=True, markup=False).print(f"Wrote {len(written)} figure(s) to {settings.eval.plots}")
+
+
+def _print_per_class(groups: list[Any], fmt: str, top: int) -> None:
+    """`--per-class`: the summary, then the largest losses and gains per view (rich, or markdown otherwise)."""
+    from sempt_cli.report.per_class import changes_view, compare_per_class, summary_view
+    from sempt_cli.report.tables import markdown_table, rich_table
+
+    comparison = compare_per_class(groups)
+    views = [summary_view(comparison), *(changes_view(comparison, view, top) for view in comparison.changes)]
+    if fmt == "table":
+        out = Console()
+        for view in views:
+            out.print(rich_table(view))
+            out.print()
+    else:
+        typer.echo("\n\n".join(markdown_table(view) for view in views) + "\n", nl=False)

@@ -100,6 +100,8 @@ __all__ = [
     "generator_hash",
     "hamming",
     "load_demo_world",
+    "name_mentions",
+    "nearest_neighbours",
     "render_attributes",
     "render_class_image",
 ]
@@ -373,11 +375,14 @@ def generate_pretraining_samples(
     name_noise: float = 0.05,
     novel_name_scale: float = 1.0,
     world: DemoWorld | None = None,
+    render: bool = True,
 ) -> list[CorpusSample]:
     """Samples `start .. start+n-1` of the pre-training corpus for `seed` (see the module docstring).
 
     Sample i depends only on (seed, i, size, options), so a corpus can be made in chunks or in parallel
-    and any prefix is the same. Images are uint8 arrays (size, size, 3): about 7 KB each at 48 px.
+    and any prefix is the same. Images are uint8 arrays (size, size, 3): about 7 KB each at 48 px; with
+    `render=False` they are empty arrays (the captions, drawn from their own stream, are the same), which is
+    how `name_mentions` counts a corpus in a second.
     """
     world = world or demo_world()
     classes = world.classes
@@ -412,7 +417,8 @@ def generate_pretraining_samples(
         if mentioned and not noise and rng.random() < attribute_noise:
             mentioned, noise = _corrupt(mentioned, rng), "wrong-attribute"
         caption = _named_caption(named, mentioned, rng) if named else _attribute_caption(mentioned, rng)
-        image = render_attributes(attributes, image_rng(seed, CORPUS_STREAM, 0, i), size)
+        image = (render_attributes(attributes, image_rng(seed, CORPUS_STREAM, 0, i), size) if render
+                 else np.zeros((0, 0, 3), dtype=np.uint8))
         samples.append(CorpusSample(image, caption, attributes, classname, named, noise))
     return samples
 
@@ -420,6 +426,28 @@ def generate_pretraining_samples(
 def generate_pretraining_corpus(n: int, seed: int = 0, size: int = 48, **options: Any) -> list[tuple[np.ndarray, str]]:
     """`n` (image, caption) pairs for contrastive pre-training; options as `generate_pretraining_samples`."""
     return [(s.image, s.caption) for s in generate_pretraining_samples(n, seed, size, **options)]
+
+
+def name_mentions(n: int, seed: int = 0) -> dict[str, int]:
+    """How many captions of the first `n` corpus samples (seed `seed`) spell each class name: how often the
+    demo CLIPs saw it during pre-training (for the per-class analysis of `sempt eval --per-class`)."""
+    counts = {c.name: 0 for c in demo_world().classes}
+    for sample in generate_pretraining_samples(n, seed, render=False):
+        if sample.named is not None:
+            counts[sample.named] += 1
+    return counts
+
+
+def nearest_neighbours(world: DemoWorld | None = None) -> dict[str, tuple[int, list[str]]]:
+    """Per class: the fewest attributes in which another class differs from it, and those closest classes
+    (a class one attribute away from another can be told apart only by that attribute)."""
+    world = world or demo_world()
+    out = {}
+    for c in world.classes:
+        others = [(hamming(c.attributes, o.attributes), o.name) for o in world.classes if o is not c]
+        closest = min(d for d, _ in others)
+        out[c.name] = (closest, [name for d, name in others if d == closest])
+    return out
 
 
 # ------------------------------------------------------------------------------- attribute descriptions

@@ -73,13 +73,15 @@ def score_views(
     in_domain: bool = True,
     console: Console | None = None,
     dist: DistContext | None = None,
+    per_class: dict[str, dict[str, list[int]]] | None = None,
 ) -> tuple[dict[str, dict[str, int]], int]:
     """Correct/total per view from one pass over `samples` (each image is encoded once, however many views
     score it), and the number of unreadable images left out (with `on_corrupt = skip`; the loader would
     otherwise substitute a neighbour, which would count one image twice). `in_domain`: the images come from the
     dataset `method` was trained on (`Method.classifier`). Under `torchrun` (`dist` with several processes) each
     rank scores every world_size-th image and the counts are summed over ranks, so the job encodes each image
-    once and every rank returns the same totals; only rank 0 shows progress."""
+    once and every rank returns the same totals; only rank 0 shows progress. `per_class`, when given, is
+    filled with view → class name → [correct, total] (where SemPT gains or loses, `sempt eval --per-class`)."""
     from torch.utils.data import DataLoader
 
     from sempt_cli.data.images import ImageDataset
@@ -89,6 +91,8 @@ def score_views(
         console = console if dist.is_main else Console(quiet=True)
     method.eval()
     counts = {v.name: {"correct": 0, "total": 0} for v in views}
+    correct_by_class = torch.zeros(len(views), len(classnames), dtype=torch.long)
+    total_by_class = torch.zeros(len(views), len(classnames), dtype=torch.long)
     unreadable = position = 0
     with runtime.autocast():
         classifiers = {v.name: method.classifier(list(classnames[v.start : v.stop]), in_domain=in_domain)
@@ -111,7 +115,7 @@ def score_views(
                     continue
                 images = images.to(runtime.device, non_blocking=True)
                 shared = None if method.image_side_needs_classes else method.image_embeddings(images)
-                for view in views:
+                for index, view in enumerate(views):
                     mask = (labels >= view.start) & (labels < view.stop)
                     if not bool(mask.any()):
                         continue
@@ -120,12 +124,24 @@ def score_views(
                         method.image_embeddings_among(images[selected], classnames[view.start : view.stop])
                     logits = classifiers[view.name](features)
                     predicted = logits.argmax(dim=-1).cpu() + view.start
-                    counts[view.name]["correct"] += int((predicted == labels[mask]).sum())
+                    hits = predicted == labels[mask]
+                    counts[view.name]["correct"] += int(hits.sum())
                     counts[view.name]["total"] += int(mask.sum())
+                    correct_by_class[index].index_add_(0, labels[mask], hits.long())
+                    total_by_class[index].index_add_(0, labels[mask], torch.ones_like(labels[mask]))
     if dist is not None and dist.enabled:
         flat = [value for v in views for value in (counts[v.name]["correct"], counts[v.name]["total"])]
         summed = all_reduce_sum(dist, torch.tensor([*flat, unreadable], dtype=torch.long, device=runtime.device))
         totals = summed.tolist()
         counts = {v.name: {"correct": totals[2 * i], "total": totals[2 * i + 1]} for i, v in enumerate(views)}
         unreadable = totals[-1]
+        if per_class is not None:
+            stacked = torch.stack([correct_by_class, total_by_class]).to(runtime.device)
+            correct_by_class, total_by_class = all_reduce_sum(dist, stacked).cpu()
+    if per_class is not None:
+        for index, view in enumerate(views):
+            per_class[view.name] = {
+                classnames[c]: [int(correct_by_class[index, c]), int(total_by_class[index, c])]
+                for c in range(view.start, view.stop) if int(total_by_class[index, c])
+            }
     return counts, unreadable

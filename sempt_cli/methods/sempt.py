@@ -10,6 +10,11 @@ description embeddings of every class:
 * UTIA: `L = (1−β) L_lbl + β L_enh`, each the wrapped method's *own* loss on logits against `T_lbl` and
   against `T_enh` (its extra terms are added once); inference uses `T_lbl` for seen classes, `T_enh` for
   unseen ones (`sempt.inference` selects Table 4a's alternatives).
+* `calibrated` (not in the paper): hybrid, with the unseen classes' `T_enh` logits mapped by `Calibration`
+  onto the scale of the seen classes' `T_lbl` logits. Neither loss constrains the level of the `T_enh` logits
+  relative to the `T_lbl` ones (a softmax ignores a common shift), so when seen and unseen classes compete in
+  one classifier the hybrid rule sends unseen-class images to seen classes. `fit_calibration` sets the map
+  from logits on unlabelled training images only (see its docstring).
 
 `T_enh` depends on the image, so a naive implementation materialises [B, N, 2d] and runs the MLP on it. The
 first layer is linear (spec §6): `W [T_lbl; Â] = W_l T_lbl + Σ_j w_ij (W_a T_atr[i,j])`, so `W_l T_lbl` [N, h]
@@ -149,6 +154,44 @@ def enhanced_logits(
     return scale * torch.cat(pieces, dim=1)
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """`scale · z + bias` applied to the T_enh logits of unseen classes under the `calibrated` rule."""
+
+    scale: float
+    bias: float
+
+    def apply(self, logits: Tensor) -> Tensor:
+        return logits * self.scale + self.bias
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        return {"scale": torch.tensor([self.scale], dtype=torch.float64),
+                "bias": torch.tensor([self.bias], dtype=torch.float64)}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor]) -> Calibration:
+        return cls(float(tensors["scale"].item()), float(tensors["bias"].item()))
+
+
+def fit_calibration(reference: Tensor, enhanced: Tensor) -> Calibration:
+    """The affine map that gives the T_enh logits [M, n] the mean and standard deviation of the reference
+    logits [M, n] of the *same* images and classes (the wrapped method's own T_lbl logits).
+
+    Matching on the same (image, class) pairs needs no label: every statistic is over all pairs, whatever class
+    an image shows, so it holds for unlabelled images of all classes (PromptKD) and for labelled images of the
+    seen classes only (MMRL). Moment matching rather than a least-squares regression of one on the other: a
+    regression shrinks the slope by the correlation, which would put the unseen group's top logits below the
+    seen group's again. Statistics are taken in float64 so the fit does not depend on the batch order."""
+    if reference.shape != enhanced.shape or reference.numel() < 2:
+        raise SemptError("The calibration needs the T_lbl and T_enh logits of the same images and classes.")
+    ref, enh = reference.double().flatten(), enhanced.double().flatten()
+    spread = float(enh.std(unbiased=False))
+    if not spread > 0:
+        raise SemptError("The T_enh logits on the calibration images are constant, so no scale can be fitted.")
+    scale = float(ref.std(unbiased=False)) / spread
+    return Calibration(scale, float(ref.mean()) - scale * float(enh.mean()))
+
+
 class SemPT(Method):
     """Any method with SA/FE/UTIA on top; see the module docstring."""
 
@@ -181,6 +224,7 @@ class SemPT(Method):
         self.seen = frozenset(seen)
         self.fusion = AttributeFusion(dim, settings.fusion).to(device)
         self.fusion.requires_grad_(settings.beta > 0)  # β = 0: L_enh is absent and nothing trains the fusion
+        self.calibration: Calibration | None = None  # set by the pipeline for the `calibrated` rule
 
     # ------------------------------------------------------------------ delegated to the wrapped method
     def logit_scale(self) -> Tensor:
@@ -248,10 +292,29 @@ class SemPT(Method):
         return loss if step.extra is None else loss + step.extra
 
     def uses_enhanced(self, classnames: Sequence[str]) -> Tensor:
-        """Which classes are scored against T_enh under `sempt.inference` (hybrid: exactly the unseen ones)."""
+        """Which classes are scored against T_enh under `sempt.inference` (hybrid and calibrated: exactly the
+        unseen ones)."""
         rule = self.hyper.inference
-        return torch.tensor([rule == "enhanced" or (rule == "hybrid" and name not in self.seen)
+        return torch.tensor([rule == "enhanced" or (rule in ("hybrid", "calibrated") and name not in self.seen)
                              for name in classnames], dtype=torch.bool)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """The `calibrated` rule is in force and no calibration has been fitted or loaded yet."""
+        return self.hyper.inference == "calibrated" and self.calibration is None
+
+    def calibration_logits(self, image_embeddings: Tensor, classnames: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(T_lbl logits, T_enh logits) [B, n] of the unseen classes among `classnames`: what `fit_calibration`
+        matches. The T_lbl side is the wrapped method's own classifier, so its logits are on the scale the seen
+        classes are scored on."""
+        unseen = [name for name in classnames if name not in self.seen]
+        if not unseen:
+            raise SemptError("Every class is seen, so there is nothing to calibrate.")
+        reference = self.base.classifier(unseen)(image_embeddings)
+        labels = self.class_embeddings(unseen)
+        attributes = self._attributes_for(unseen).to(labels.device)
+        enhanced = self.enhanced_logits(self.matching_embeddings(image_embeddings), labels, attributes)
+        return reference.float(), enhanced.float()
 
     def matching_embeddings(self, image_embeddings: Tensor) -> Tensor:
         return self.base.matching_embeddings(image_embeddings)
@@ -268,11 +331,18 @@ class SemPT(Method):
         all_rows = self._attributes_for(classnames).to(labels.device)
         chosen_labels, chosen_attributes = labels[enhanced], all_rows[enhanced]
         projected = self.fusion.project(chosen_labels, chosen_attributes)
+        calibration = None
+        if base is not None and self.hyper.inference == "calibrated":  # only where the two groups compete
+            if self.calibration is None:
+                raise SemptError("The calibrated rule needs a calibration fitted on this model's training images.")
+            calibration = self.calibration
 
         def logits(image: Tensor) -> Tensor:
             scores = self.enhanced_logits(self.matching_embeddings(image), chosen_labels, chosen_attributes, projected)
             if base is None:
                 return scores
+            if calibration is not None:
+                scores = calibration.apply(scores)
             out = base(image)
             out[:, enhanced] = scores.to(out.dtype)
             return out

@@ -1,7 +1,8 @@
 """`run_ablation`: SemPT Table 4's grids on PromptKD w/ SemPT, point by point, reusing every cache.
 
 A grid point is a `distill` run with one SemPT setting changed (`alpha`, `beta`, `k`, `knowledge`), or an
-evaluation-time choice on the default run (`embedding`: Table 4a's inference rules). Everything a point shares
+evaluation-time choice on the default run (`embedding`: Table 4a's inference rules; `inference`: those and
+the `calibrated` rule, which is not in the paper). Everything a point shares
 with the others is computed once: the teacher (trained once per seed when none is given), its class vectors,
 its per-view image features and the description vectors (content-addressed caches), and the student of
 every point is a run folder keyed by its settings, so an interrupted ablation resumes at the first unfinished
@@ -50,6 +51,9 @@ GRIDS: dict[str, Grid] = {
               lambda v: f"K={int(_number(v))}", "Hyperparameter K (descriptions selected)"),
     "embedding": Grid("embedding", "4a", "sempt.inference", ("label", "enhanced", "hybrid"), str,
                       lambda v: EMBEDDING_ROWS.get(v, v), "Text embedding choice", eval_only=True),
+    "inference": Grid("inference", "4a", "sempt.inference", ("label", "enhanced", "hybrid", "calibrated"), str,
+                      lambda v: EMBEDDING_ROWS.get(v, v), "Inference rule (Table 4a's three and ours, calibrated)",
+                      eval_only=True),
     "knowledge": Grid("knowledge", "4b", "sempt.attributes", ("names", "one-step", "two-step"), str,
                       lambda v: KNOWLEDGE_ROWS.get(v, v), "Knowledge construction strategy"),
 }

@@ -40,11 +40,14 @@ from sempt_cli.errors import DatasetError, SemptError, WeightsError
 from sempt_cli.io import atomic_write_json, sha256_file, stable_hash
 from sempt_cli.methods import Method
 from sempt_cli.methods.promptkd import TeacherSignals
+from sempt_cli.methods.sempt import SemPT
 from sempt_cli.models.checkpoint import LearnedCheckpoint, load_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.record import RunRecord
 from sempt_cli.pipeline.backbone import load_backbone
+from sempt_cli.pipeline.calibration import calibrate
+from sempt_cli.pipeline.data import prepare_data
 from sempt_cli.pipeline.embed import embed_classes
 from sempt_cli.pipeline.runs import build_method, image_size, rebuild_method, run_settings
 from sempt_cli.pipeline.sempt import INFERENCE_TITLES, VARIANT, SemptSource, apply_sempt, attribute_file
@@ -156,6 +159,21 @@ class _Model(ABC):
     def loaded(self, runtime: Runtime) -> None:  # noqa: B027 - an optional hook, not an abstract one
         """Called once after the backbone is loaded (a teacher rebuilds its method here)."""
 
+    def calibrated(self, method: Method, dataset: str, classnames: list[str], runtime: Runtime,
+                   console: Console) -> Method:
+        """Under the `calibrated` rule, fit (or read) a SemPT model's calibration on the unlabelled images of
+        its own training set; every other model is returned as it is (`pipeline.calibration`)."""
+        if not isinstance(method, SemPT) or not method.needs_calibration:
+            return method
+        from sempt_cli.data.transforms import clip_test_transform
+
+        assert self.clip is not None
+        samples = prepare_data(self.settings).train.train  # the images it was trained on; labels are not read
+        return calibrate(method, samples, classnames, clip_test_transform(image_size(self.clip)), runtime,
+                         cache_dir=self.settings.paths.cache_dir, key=self.key_for([dataset]),
+                         batch_size=self.settings.data.eval_batch_size, workers=self.settings.data.workers,
+                         console=console)
+
     def key_for(self, datasets: Sequence[str]) -> dict[str, Any]:
         """What identifies this model's scores on `datasets` (part of the record key)."""
         return self.key_parts | self._sempt_key(datasets)
@@ -198,7 +216,7 @@ class _Teacher(_Model):
         method, _ = apply_sempt(self.method, source, dataset, classnames, self.settings, training=False,
                                 file_for=self._attribute_file, console=console)
         method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
-        return method
+        return self.calibrated(method, dataset, classnames, runtime, console)
 
 
 def _no_teacher_images(batch: Batch) -> Tensor:
@@ -245,7 +263,7 @@ class _Student(_Model):
             method, _ = apply_sempt(method, source, dataset, classnames, self.settings, training=False,
                                     file_for=self._attribute_file, console=console)
         method.load_trainable_state(self.sidecar.tensors, source=str(self.sidecar.path))
-        return method
+        return self.calibrated(method, dataset, classnames, runtime, console)
 
 
 def _verify_teacher(path: Path, expected_sha256: str) -> None:
@@ -349,16 +367,17 @@ def _score_dataset(model: _Model, dataset: str, setting: str, settings: Settings
     console.print(f"[bold]eval[/] {label} · {setting} · {dataset} ({len(full.test)} test images, "
                   f"{full.num_classes} classes) · {runtime.describe()}")
     method = model.method_for(dataset, full.classnames, runtime, console)
+    per_class: dict[str, dict[str, list[int]]] = {}
     counts, unreadable = score_views(
         method, full.test, full.classnames, views_for(setting, full.num_classes),
         clip_test_transform(image_size(clip)), runtime, batch_size=settings.data.eval_batch_size,
         workers=settings.data.workers, on_corrupt=settings.data.on_corrupt, description=dataset,
-        in_domain=dataset == model.info.train_dataset, console=console,
+        in_domain=dataset == model.info.train_dataset, console=console, per_class=per_class,
     )
     if unreadable:
         console.print(f"[yellow]{dataset}: {unreadable} unreadable test image(s) left out[/]")
     return DatasetResult(dataset, "ok", metrics_from_counts(setting, counts), counts, full.num_classes, unreadable,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, per_class=per_class)
 
 
 def _settings_record(model: Settings, current: Settings, setting: str, planned: list[str],

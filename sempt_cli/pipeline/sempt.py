@@ -34,8 +34,9 @@ from sempt_cli.settings import Settings
 
 VARIANT = "w/ SemPT"
 """The sidecar `variant` of a SemPT model; tables title it '<method> w/ SemPT', as the papers do."""
-INFERENCE_TITLES = {"hybrid": "T_lbl seen, T_enh unseen", "label": "T_lbl for all", "enhanced": "T_enh for all"}
-"""`sempt.inference` as SemPT's Table 4a names its rows."""
+INFERENCE_TITLES = {"hybrid": "T_lbl seen, T_enh unseen", "label": "T_lbl for all", "enhanced": "T_enh for all",
+                    "calibrated": "T_lbl seen, calibrated T_enh unseen"}
+"""`sempt.inference` as SemPT's Table 4a names its rows (`calibrated` is ours, not the paper's)."""
 
 
 def attribute_file(dataset: str, settings: Settings, *, explicit: bool = True) -> Path:
@@ -146,7 +147,8 @@ def apply_sempt(
     classes), from `file_for(dataset)` or else `attribute_file`."""
     seen = source.seen_in(dataset)
     dim = int(method.class_embeddings(list(classnames)[:1]).shape[-1])
-    needs_descriptions = training or settings.sempt.inference != "hybrid" or not set(classnames) <= set(seen)
+    needs_descriptions = (training or settings.sempt.inference not in ("hybrid", "calibrated")
+                          or not set(classnames) <= set(seen))
     locate = file_for or (lambda name: attribute_file(name, settings, explicit=training))
     path = locate(dataset) if needs_descriptions else None
     bank = None if path is None else attribute_bank(source, dataset, classnames, path, console)

@@ -96,8 +96,8 @@ def ablation_view(result: AblationResult) -> TableView:
 
 
 def ablation_plot(result: AblationResult, path: Path) -> Path:
-    """Base / novel / HM against the grid value: ours (± std) on the left, the paper's on the right (the demo
-    world's scale is not the benchmarks', so they do not share an axis)."""
+    """Base / novel / HM (and ours' all-classes extra) against the grid value: ours (± std) on the left, the
+    paper's on the right (the demo world's scale is not the benchmarks', so they do not share an axis)."""
     from sempt_cli.report.plots import new_figure, save_png
 
     paper = paper_values(result)
@@ -105,7 +105,7 @@ def ablation_plot(result: AblationResult, path: Path) -> Path:
     figure = new_figure(9.0, 3.4)
     ours_axes, paper_axes = figure.subplots(1, 2, sharex=True)
     positions = list(range(len(labels)))
-    for metric, marker in zip(METRICS, "os^", strict=True):
+    for metric, marker in zip((*METRICS, "all"), "os^D", strict=True):
         stats = [p.stats.get(metric) for p in result.points]
         shown = [(x, s) for x, s in zip(positions, stats, strict=True) if s is not None]
         if shown:

@@ -80,6 +80,8 @@ class DatasetResult:
     unreadable: int = 0
     seconds: float = 0.0
     message: str = ""
+    per_class: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    """view → class name → [correct, total] (records written before per-class results have none)."""
 
 
 @dataclass
