@@ -99,7 +99,7 @@ def calibrate(
     chosen = calibration_samples(samples)
     inputs = {
         "version": CALIBRATION_VERSION, **dict(key), "classnames": list(classnames), "seen": seen_here,
-        "images": stable_hash([str(s.impath) for s in chosen]), "precision": runtime.describe(),
+        "images": stable_hash([str(s.path) for s in chosen]), "precision": runtime.describe(),
     }
 
     def compute() -> dict[str, torch.Tensor]:

@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
+from sempt_cli.errors import SemptError
 from sempt_cli.methods.sempt import (
     AttributeBank,
     AttributeFusion,
+    Calibration,
     SemPT,
     enhanced_embeddings_naive,
     enhanced_logits,
+    fit_calibration,
     semantic_weights,
 )
 from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
@@ -203,6 +206,47 @@ def test_inference_uses_label_embeddings_for_seen_and_enhanced_for_unseen(studen
         expected = enhanced[:, column] if enhanced_column else plain[:, column]
         torch.testing.assert_close(got[:, column], expected, rtol=1e-5, atol=1e-4)
     assert not torch.allclose(enhanced, plain)  # the two rules are distinguishable here
+
+
+def test_calibrated_rule_maps_the_unseen_logits_and_leaves_the_seen_ones(student_clip: LoadedClip) -> None:
+    seen = tuple(CLASSES[:3])
+    hybrid, _ = build_student(student_clip, {"sempt.alpha": 0.7}, seen=seen)
+    calibrated, _ = build_student(student_clip, {"sempt.alpha": 0.7, "sempt.inference": "calibrated"}, seen=seen)
+    calibrated.calibration = Calibration(2.5, 1.25)
+    hybrid.eval()
+    calibrated.eval()
+    with torch.no_grad():
+        image = hybrid.image_embeddings(torch.rand(3, 3, 48, 48))
+        plain = hybrid.classifier(CLASSES)(image)
+        got = calibrated.classifier(CLASSES)(image)
+        torch.testing.assert_close(got[:, :3], plain[:, :3])
+        torch.testing.assert_close(got[:, 3:], 2.5 * plain[:, 3:] + 1.25)
+        for block in (CLASSES[:3], CLASSES[3:]):  # base and novel views: the groups do not compete, nothing moves
+            torch.testing.assert_close(calibrated.classifier(block)(image), hybrid.classifier(block)(image))
+
+
+def test_calibrated_rule_without_a_fit_says_so(student_clip: LoadedClip) -> None:
+    wrapped, _ = build_student(student_clip, {"sempt.inference": "calibrated"}, seen=tuple(CLASSES[:3]))
+    assert wrapped.needs_calibration
+    with pytest.raises(SemptError, match="calibration"):
+        wrapped.classifier(CLASSES)
+    wrapped.classifier(CLASSES[3:])  # no competition between the groups: no calibration needed
+
+
+def test_fit_calibration_matches_mean_and_spread_not_a_regression() -> None:
+    generator = torch.Generator().manual_seed(1)
+    reference = 8 + 2 * torch.randn(50, 5, generator=generator)
+    enhanced = 0.5 * reference - 3 + 0.6 * torch.randn(50, 5, generator=generator)  # correlated, other scale
+    fitted = fit_calibration(reference, enhanced)
+    mapped = fitted.apply(enhanced.double())
+    assert abs(float(mapped.mean()) - float(reference.double().mean())) < 1e-9
+    assert abs(float(mapped.std(unbiased=False)) - float(reference.double().std(unbiased=False))) < 1e-9
+    slope = float(torch.linalg.lstsq(torch.stack([enhanced.flatten(), torch.ones(250)], 1).double(),
+                                     reference.flatten().double()[:, None]).solution[0])
+    assert fitted.scale > slope  # a regression would shrink the spread by the correlation
+    assert Calibration.from_tensors(fitted.to_tensors()) == fitted
+    with pytest.raises(SemptError, match="constant"):
+        fit_calibration(reference, torch.ones_like(reference))
 
 
 def test_scoring_only_seen_classes_needs_no_descriptions(student_clip: LoadedClip) -> None:
