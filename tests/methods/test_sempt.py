@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
 from sempt_cli.errors import SemptError
+from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
 from sempt_cli.methods.sempt import (
     AttributeBank,
     AttributeFusion,

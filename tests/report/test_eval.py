@@ -81,6 +81,11 @@ def test_base2novel_record_has_base_novel_hm_all(kind: str, runs: dict[str, Any]
     assert list(result.metrics) == ["base", "novel", "hm", "all"]
     assert result.metrics["hm"] == pytest.approx(harmonic_mean(result.metrics["base"], result.metrics["novel"]))
     assert result.counts["base"]["total"] + result.counts["novel"]["total"] == result.counts["all"]["total"]
+    for view, classes in result.per_class.items():  # per class and view, summing to the view's counts
+        assert len(classes) == {"base": 20, "novel": 20, "all": 40}[view]
+        assert sum(c for c, _ in classes.values()) == result.counts[view]["correct"]
+        assert sum(t for _, t in classes.values()) == result.counts[view]["total"]
+    assert set(result.per_class["base"]) | set(result.per_class["novel"]) == set(result.per_class["all"])
     for metric in ("base", "novel"):  # the same numbers the training run measured (one image = 0.1 here)
         assert result.metrics[metric] == pytest.approx(run.metrics[metric], abs=0.1 + 1e-9)
     assert not record.comparable and "not comparable" in record.comparability_note
@@ -362,3 +367,78 @@ def test_mmrl_rows_sit_beside_the_papers_mmrl_rows_and_few_shot_compares_at_16_s
     assert len(quoted) == 1 and quoted[0].value(AVERAGE, "accuracy").value == 84.84  # type: ignore[union-attr]
     assert sixteen.ours(AVERAGE, "accuracy") == pytest.approx(85.0)
     assert any(row.label == "paper: DPT (DPT Table 2)" for row in sixteen.paper)
+
+
+# ------------------------------------------------------------------------------------------ per-class results
+
+
+def _demo_record(seed: int, variant: str, correct: dict[str, dict[str, int]]) -> EvalRecord:
+    """A demo-world record whose per-class results are `correct` (view → class → correct of 50 images)."""
+    info = ModelInfo(kind="student", method="promptkd", backbone="sempt-demo-student", pretrained="demo",
+                     shots=0, seed=seed, config_hash=f"c{variant}", train_dataset="demo", variant=variant)
+    per_class = {view: {name: [hits, 50] for name, hits in classes.items()} for view, classes in correct.items()}
+    counts = {view: {"correct": sum(c for c, _ in classes.values()), "total": 50 * len(classes)}
+              for view, classes in per_class.items()}
+    metrics = {view: 100 * c["correct"] / c["total"] for view, c in counts.items()}
+    metrics["hm"] = harmonic_mean(metrics["base"], metrics["novel"])
+    return EvalRecord(key=f"demo-{variant}-{seed}", setting="base2novel", model=info, datasets=["demo"],
+                      results={"demo": DatasetResult("demo", "ok", metrics, counts, 40, per_class=per_class)})
+
+
+def _demo_pair(tmp_path: Path) -> list[Path]:
+    from sempt_cli.data.demo import demo_world
+    from sempt_cli.io import atomic_write_json
+
+    names = [c.name for c in demo_world().classes]
+    paths = []
+    for seed in (1, 2):
+        for variant, shift in (("", 0), ("w/ SemPT", 1)):
+            views = {"base": {n: 40 for n in names[:20]}, "novel": {n: 30 for n in names[20:]},
+                     "all": {n: 25 for n in names}}
+            if shift:  # the SemPT model: the first novel class gains 10 and 6, the first base class loses 20 (all)
+                views["novel"][names[20]] += 10 if seed == 1 else 6
+                views["all"][names[0]] -= 20
+            record = _demo_record(seed, variant, views)
+            path = tmp_path / f"{variant or 'plain'}-{seed}.json".replace("/ ", "")
+            atomic_write_json(path, record.to_json())
+            paths.append(path)
+    return paths
+
+
+def test_per_class_compares_two_models_pooled_over_seeds(tmp_path: Path) -> None:
+    from sempt_cli.report.per_class import changes_view, compare_per_class, spearman, summary_view
+
+    paths = _demo_pair(tmp_path)
+    groups = aggregate([load_record(p) for p in paths])
+    comparison = compare_per_class(groups)
+    assert comparison.first == "PromptKD" and comparison.second == "PromptKD w/ SemPT"
+    novel = {r.classname: r for r in comparison.changes["novel"]}
+    first_novel = comparison.changes["novel"][-1]
+    assert first_novel.delta == pytest.approx(100 * 16 / 100) and first_novel.images == 100  # pooled: (10+6)/100
+    assert first_novel.split == "novel" and first_novel.mentions is not None and first_novel.neighbour_distance
+    assert all(r.delta == 0 for name, r in novel.items() if name != first_novel.classname)
+    worst = comparison.changes["all"][0]
+    assert worst.split == "base" and worst.delta == pytest.approx(-40.0)
+    summary = {cells[0]: cells for _, cells in summary_view(comparison).rows}
+    assert summary["novel"][1] == "—" and summary["novel"][2] == "+0.80 (20)"
+    assert summary["all"][1] == "-2.00 (20)"
+    table = changes_view(comparison, "all", top=2)
+    assert table.rows[0][1][0] == worst.classname and len(table.rows) == 4
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0) and spearman([1, 1], [2, 3]) == 0.0
+
+
+def test_cli_per_class_renders_records_and_needs_exactly_two_models(tmp_path: Path) -> None:
+    paths = _demo_pair(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(app, ["eval", *map(str, paths), "--per-class", "--top", "3", "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert "Per class: PromptKD w/ SemPT vs PromptKD" in result.output
+    assert "### novel: largest losses and gains per class" in result.output and "name in corpus" in result.output
+    one = runner.invoke(app, ["eval", *map(str, paths[:1]), "--per-class"])
+    assert one.exit_code != 0 and "two models" in str(one.exception)
+    old = load_record(paths[0])
+    old.results["demo"].per_class = {}
+    atomic = tmp_path / "old.json"
+    atomic.write_text(json.dumps(old.to_json()))
+    stale = runner.invoke(app, ["eval", str(atomic), str(paths[1]), "--per-class"])
+    assert stale.exit_code != 0 and "no per-class results" in str(stale.exception)
