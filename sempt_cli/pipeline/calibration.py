@@ -108,6 +108,6 @@ def calibrate(
         return fit_on_samples(method, chosen, classnames, transform, runtime, batch_size=batch_size,
                               workers=workers).to_tensors()
 
-    tensors, _ = TensorCache(cache_dir).get_or_compute("sempt-calibration", inputs, compute)
+    tensors, _ = TensorCache(cache_dir / "tensors").get_or_compute("sempt-calibration", inputs, compute)
     method.calibration = Calibration.from_tensors(tensors)
     return method

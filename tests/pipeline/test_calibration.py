@@ -62,15 +62,15 @@ def test_calibration_is_cached_atomically_and_read_back(student_clip: LoadedClip
     calibrate(wrapped, samples, CLASSES, TRANSFORM, CPU, cache_dir=tmp_path, key=key)
     first = wrapped.calibration
     assert first == fit_on_samples(wrapped, samples, CLASSES, TRANSFORM, CPU)
-    files = list((tmp_path / "sempt-calibration").glob("*.safetensors"))
-    assert len(files) == 1 and not list((tmp_path / "sempt-calibration").glob(".*tmp"))
+    files = list((tmp_path / "tensors" / "sempt-calibration").glob("*.safetensors"))
+    assert len(files) == 1 and not list((tmp_path / "tensors" / "sempt-calibration").glob(".*tmp"))
     again, _ = _calibrated(student_clip)
     torch.nn.init.zeros_(again.fusion.fc2.weight)  # a different model under the same key: the cache answers
     calibrate(again, samples, CLASSES, TRANSFORM, CPU, cache_dir=tmp_path, key=key)
     assert again.calibration == first
     again.calibration = None
     calibrate(again, samples[:12], CLASSES, TRANSFORM, CPU, cache_dir=tmp_path, key=key)  # other images: refit
-    assert len(list((tmp_path / "sempt-calibration").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "tensors" / "sempt-calibration").glob("*.safetensors"))) == 2
 
 
 def test_calibration_is_identity_on_a_model_without_sempt(student_clip: LoadedClip, samples: list[Sample],
@@ -83,7 +83,7 @@ def test_calibration_is_identity_on_a_model_without_sempt(student_clip: LoadedCl
         assert calibrate(base, samples, CLASSES, TRANSFORM, CPU, cache_dir=tmp_path, key={}) is base
         after = base.classifier(CLASSES)(base.image_embeddings(image))
     assert torch.equal(before, after)
-    assert not (tmp_path / "sempt-calibration").exists()
+    assert not (tmp_path / "tensors" / "sempt-calibration").exists()
 
 
 @pytest.mark.parametrize("rule", ["hybrid", "label", "enhanced"])
@@ -94,7 +94,7 @@ def test_other_rules_and_unmixed_class_lists_are_left_alone(student_clip: Loaded
     assert wrapped.calibration is None
     calibrated, _ = _calibrated(student_clip)
     calibrate(calibrated, samples, CLASSES[3:], TRANSFORM, CPU, cache_dir=tmp_path, key={})  # novel view only
-    assert calibrated.calibration is None and not (tmp_path / "sempt-calibration").exists()
+    assert calibrated.calibration is None and not (tmp_path / "tensors" / "sempt-calibration").exists()
 
 
 def test_calibration_samples_are_a_fixed_label_blind_subsample(samples: list[Sample]) -> None:

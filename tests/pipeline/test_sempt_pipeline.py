@@ -146,6 +146,31 @@ def test_embedding_ablation_trains_once_and_evaluates_three_rules(teacher: Path,
     assert stats["hybrid"]["novel"].mean == stats["enhanced"]["novel"].mean
 
 
+@pytest.mark.slow
+def test_inference_ablation_scores_all_four_rules_on_one_student(teacher: Path, workspace: dict[str, str],
+                                                                 tmp_path: Path) -> None:
+    """label, enhanced, hybrid and calibrated on the same trained student (no retraining); calibrated keeps the
+    base and novel views of hybrid exactly (they never mix the two groups) and is fitted once, into the cache."""
+    result = run_ablation("inference", {**workspace, **STUDENT}, teacher=teacher)
+    assert [p.value for p in result.points] == ["label", "enhanced", "hybrid", "calibrated"]
+    assert len({p.checkpoints[0] for p in result.points}) == 1
+    stats = {p.value: p.stats for p in result.points}
+    assert all(set(s) == {"base", "novel", "hm", "all"} for s in stats.values())
+    for metric in ("base", "novel"):
+        assert stats["calibrated"][metric].mean == stats["hybrid"][metric].mean
+    fitted = list((Path(workspace["paths.cache_dir"]) / "tensors" / "sempt-calibration").glob("*.safetensors"))
+    assert len(fitted) == 1
+    calibrated = result.points[-1].records[0]
+    assert calibrated.model.variant == "w/ SemPT (T_lbl seen, calibrated T_enh unseen)"
+    assert calibrated.results["demo"].per_class["all"]
+    rows = {cells[0]: cells for _, cells in ablation_view(result).rows}
+    assert rows["calibrated"][5:8] == ["—", "—", "—"] and rows["hybrid"][5:8] != ["—", "—", "—"]
+    assert ablation_plot(result, tmp_path / "inference.png").stat().st_size > 1000
+    again = evaluate_checkpoint(Path(str(calibrated.model.checkpoint)), load_settings(
+        {**workspace, "sempt.inference": "calibrated", "eval.reuse": False}, env={}).settings)
+    assert again.results["demo"].metrics == calibrated.results["demo"].metrics  # read back from the cache
+
+
 def test_ablation_rejects_bad_input_before_training(workspace: dict[str, str]) -> None:
     with pytest.raises(SettingsError, match="Unknown ablation"):
         run_ablation("gamma", workspace)

@@ -65,6 +65,11 @@ def test_eval_of_mmrl_with_sempt_reproduces_training_and_titles_the_row(mmrl_sem
     assert enhanced.key != record.key
     assert enhanced.results["demo"].metrics["base"] != pytest.approx(record.results["demo"].metrics["base"])
     assert enhanced.results["demo"].metrics["novel"] == pytest.approx(record.results["demo"].metrics["novel"])
+    calibrated = evaluate_checkpoint(mmrl_sempt.checkpoint, load_settings(
+        {**workspace, "sempt.inference": "calibrated"}, env={}).settings)  # fitted on its labelled base shots
+    assert calibrated.key != record.key and "calibrated" in calibrated.model.variant
+    for metric in ("base", "novel"):  # only the all-classes view mixes the groups
+        assert calibrated.results["demo"].metrics[metric] == record.results["demo"].metrics[metric]
 
 
 def test_distill_command_trains_a_supervised_baseline_without_a_teacher(workspace: dict[str, str]) -> None:
