@@ -52,7 +52,7 @@ GRIDS: dict[str, Grid] = {
     "embedding": Grid("embedding", "4a", "sempt.inference", ("label", "enhanced", "hybrid"), str,
                       lambda v: EMBEDDING_ROWS.get(v, v), "Text embedding choice", eval_only=True),
     "inference": Grid("inference", "4a", "sempt.inference", ("label", "enhanced", "hybrid", "calibrated"), str,
-                      lambda v: EMBEDDING_ROWS.get(v, v), "Inference rule (Table 4a's three and ours, calibrated)",
+                      lambda v: EMBEDDING_ROWS.get(v, v), "Inference rule",
                       eval_only=True),
     "knowledge": Grid("knowledge", "4b", "sempt.attributes", ("names", "one-step", "two-step"), str,
                       lambda v: KNOWLEDGE_ROWS.get(v, v), "Knowledge construction strategy"),

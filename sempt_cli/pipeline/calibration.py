@@ -104,7 +104,7 @@ def calibrate(
 
     def compute() -> dict[str, torch.Tensor]:
         if console is not None:
-            console.print(f"Fitting the calibrated rule on {len(chosen)} unlabelled training images")
+            console.print(f"Fitting the calibrated rule on {len(chosen)} training images (their labels unused)")
         return fit_on_samples(method, chosen, classnames, transform, runtime, batch_size=batch_size,
                               workers=workers).to_tensors()
 
