@@ -156,8 +156,8 @@ def summary_view(comparison: PerClassComparison) -> TableView:
                       f"{spearman(deltas, [float(r.mentions or 0) for r in changes]):+.2f}"]
         rows.append(("", cells))
     notes = [f"Mean Δ accuracy per class (points; number of classes in brackets), {comparison.second} − "
-             f"{comparison.first} on {comparison.dataset}; accuracy pooled over seeds "
-             f"{_seeds(comparison.seeds[0])} and {_seeds(comparison.seeds[1])}."]
+             f"{comparison.first} on {comparison.dataset}; accuracy pooled over seeds {_seeds(comparison.seeds[0])} "
+             f"({comparison.first}) and {_seeds(comparison.seeds[1])} ({comparison.second})."]
     if demo:
         notes.append("Distance: the fewest attributes in which another class differs. Rare/frequent: below/at or "
                      "above the median number of pre-training captions that spell the name. ρ: Spearman.")
