@@ -86,11 +86,12 @@ def fit_on_samples(method: SemPT, samples: Sequence[Sample], classnames: Sequenc
 
 def calibrate(
     method: Method, samples: Sequence[Sample], classnames: Sequence[str], transform: Any, runtime: Runtime, *,
-    cache_dir: Path, key: Mapping[str, Any], batch_size: int = 100, workers: int = 0,
+    cache_dir: Path | None, key: Mapping[str, Any], batch_size: int = 100, workers: int = 0,
     console: Console | None = None,
 ) -> Method:
-    """Give a SemPT model under the `calibrated` rule its calibration (fitted once, then read from the cache);
-    any other model, or a SemPT model under another rule or with no unseen class here, is returned unchanged."""
+    """Give a SemPT model under the `calibrated` rule its calibration (fitted once, then read from the cache;
+    `cache_dir=None`: fitted and not stored, as for the scores at the end of training); any other model, or a SemPT
+    model under another rule or whose seen and unseen classes do not both occur here, is returned unchanged."""
     if not isinstance(method, SemPT) or not method.needs_calibration:
         return method
     seen_here = [name for name in classnames if name in method.seen]
@@ -108,6 +109,9 @@ def calibrate(
         return fit_on_samples(method, chosen, classnames, transform, runtime, batch_size=batch_size,
                               workers=workers).to_tensors()
 
-    tensors, _ = TensorCache(cache_dir / "tensors").get_or_compute("sempt-calibration", inputs, compute)
+    if cache_dir is None:
+        tensors = compute()
+    else:
+        tensors, _ = TensorCache(cache_dir / "tensors").get_or_compute("sempt-calibration", inputs, compute)
     method.calibration = Calibration.from_tensors(tensors)
     return method

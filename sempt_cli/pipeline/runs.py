@@ -36,6 +36,7 @@ from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.record import RunRecord
 from sempt_cli.pipeline.backbone import load_backbone
+from sempt_cli.pipeline.calibration import calibrate
 from sempt_cli.pipeline.data import PreparedData
 from sempt_cli.settings import PathSettings, ResolvedSettings, Settings, load_settings, settings_model
 
@@ -164,6 +165,8 @@ def evaluate_protocol(
     (`data.on_corrupt = skip`) are said at once and counted under `UNREADABLE`, so the saved scores say it too.
     Under `torchrun` the ranks share the test images instead of each scoring all of them."""
     full = prepared.full
+    method = calibrate(method, prepared.train.train, full.classnames, clip_test_transform(size), runtime,
+                       cache_dir=None, key={}, batch_size=settings.data.eval_batch_size, workers=settings.data.workers)
     counts, unreadable = score_views(
         method, full.test, full.classnames, views_for(settings.data.setting, full.num_classes),
         clip_test_transform(size), runtime, batch_size=settings.data.eval_batch_size,

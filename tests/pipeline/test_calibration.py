@@ -101,3 +101,25 @@ def test_calibration_samples_are_a_fixed_label_blind_subsample(samples: list[Sam
     assert calibration_samples(samples) == samples
     chosen = calibration_samples(samples, limit=5)
     assert len(chosen) == 5 and chosen == calibration_samples(list(samples), limit=5) and chosen[0] == samples[0]
+
+
+def test_training_time_scores_fit_the_calibrated_rule_without_storing_it(student_clip: LoadedClip,
+                                                                         samples: list[Sample],
+                                                                         tmp_path: Path) -> None:
+    """`distill --inference calibrated` scores its student at the end of training like `sempt eval` would."""
+    from sempt_cli.data.records import DatasetSplits
+    from sempt_cli.pipeline.data import PreparedData
+    from sempt_cli.pipeline.runs import evaluate_protocol
+    from sempt_cli.settings import load_settings
+
+    splits = DatasetSplits("toy", list(CLASSES), samples, None, samples)
+    settings = load_settings({"data.setting": "base2novel", "data.workers": 0, "paths.cache_dir": str(tmp_path)},
+                             env={}).settings
+    wrapped, _ = _calibrated(student_clip)
+    metrics = evaluate_protocol(wrapped, PreparedData(splits, splits, 3), settings, CPU, 48)
+    assert wrapped.calibration == fit_on_samples(wrapped, samples, CLASSES, TRANSFORM, CPU)
+    assert set(metrics) == {"base", "novel", "hm", "all"}
+    assert not (tmp_path / "tensors").exists()
+    hybrid, _ = build_student(student_clip, {"sempt.alpha": 0.7}, seen=SEEN)
+    plain = evaluate_protocol(hybrid, PreparedData(splits, splits, 3), settings, CPU, 48)
+    assert (metrics["base"], metrics["novel"]) == (plain["base"], plain["novel"])

@@ -442,3 +442,16 @@ def test_cli_per_class_renders_records_and_needs_exactly_two_models(tmp_path: Pa
     atomic.write_text(json.dumps(old.to_json()))
     stale = runner.invoke(app, ["eval", str(atomic), str(paths[1]), "--per-class"])
     assert stale.exit_code != 0 and "no per-class results" in str(stale.exception)
+
+
+def test_calibrated_rule_is_identity_on_a_model_without_sempt(runs: dict[str, Any], demo_cache: Path,
+                                                              tmp_path: Path) -> None:
+    """A PromptKD student without SemPT scores the same under --inference calibrated: same record, same numbers."""
+    plain = evaluate_checkpoint(runs["student"].checkpoint, _settings(demo_cache, tmp_path))
+    calibrated = evaluate_checkpoint(runs["student"].checkpoint, _settings(
+        demo_cache, tmp_path / "other", **{"sempt.inference": "calibrated"}))
+    assert calibrated.key == plain.key and not calibrated.reused
+    assert calibrated.results["demo"].metrics == plain.results["demo"].metrics
+    assert calibrated.results["demo"].per_class == plain.results["demo"].per_class
+    assert calibrated.model.variant == plain.model.variant == ""
+    assert not (demo_cache / "tensors" / "sempt-calibration").exists()
