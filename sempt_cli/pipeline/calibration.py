@@ -59,7 +59,7 @@ def calibration_logits(
 
     method.eval()
     references, enhanced = [], []
-    loader = DataLoader(ImageDataset(list(samples), transform, "error"),  # type: ignore[arg-type]
+    loader = DataLoader(ImageDataset(list(samples), transform, "error"),
                         batch_size=batch_size, num_workers=workers)
     with runtime.autocast():
         for images, _labels, _index in loader:

@@ -444,6 +444,7 @@ def test_cli_per_class_renders_records_and_needs_exactly_two_models(tmp_path: Pa
     assert stale.exit_code != 0 and "no per-class results" in str(stale.exception)
 
 
+@pytest.mark.slow
 def test_calibrated_rule_is_identity_on_a_model_without_sempt(runs: dict[str, Any], demo_cache: Path,
                                                               tmp_path: Path) -> None:
     """A PromptKD student without SemPT scores the same under --inference calibrated: same record, same numbers."""
