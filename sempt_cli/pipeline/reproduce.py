@@ -193,8 +193,10 @@ def plan_jobs(
     missing: list[str] = []
     attribute_jobs: dict[str, Job] = {}
     settings = load_settings(dict(overrides), config_file=config_file).settings if probe else None
-    user_shots = overrides.get("data.shots")
-    shots_list = list(target.shots) if target.setting == "few-shot" else [user_shots or target.shots[0]]
+    user_shots = overrides.get("data.shots")  # a slice of a few-shot target; elsewhere a flag like any other
+    shots_list: list[int | None] = [None]
+    if target.setting == "few-shot":
+        shots_list = [int(user_shots)] if user_shots is not None else list(target.shots)
     for dataset in datasets:
         needs_attributes = any(v.sempt for v in chosen)
         attr_dep: list[str] = []
