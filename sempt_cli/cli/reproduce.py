@@ -45,7 +45,7 @@ def reproduce(
                                        help="slurm: wait for the jobs and print the table (else submit and return).")
                     ] = True,
     slurm_partition: Annotated[str | None, typer.Option("--slurm-partition", show_default=False)] = None,
-    slurm_time: Annotated[str | None, typer.Option("--slurm-time", help="Per-job time limit, HH:MM:SS.",
+    slurm_time: Annotated[str | None, typer.Option("--slurm-time", help="Per-job limit, HH:MM:SS (default 24:00:00).",
                                                    show_default=False)] = None,
     slurm_account: Annotated[str | None, typer.Option("--slurm-account", show_default=False)] = None,
     slurm_cpus: Annotated[int | None, typer.Option("--slurm-cpus-per-task", show_default=False)] = None,

@@ -35,6 +35,7 @@ from sempt_cli.pipeline.reproduce import Job, Plan, environment, ordered_waves, 
 
 LAUNCHERS = ("local", "torchrun", "slurm")
 SLURM_CLUSTERS = ("slurm", "local", "debug")
+DEFAULT_TIMEOUT_MIN = 24 * 60
 
 
 @dataclass
@@ -231,8 +232,8 @@ def _launch_submitit(plan: Plan, todo: Sequence[Job], options: LaunchOptions, co
     cluster = options.slurm_cluster
     executor = submitit.AutoExecutor(folder=folder, cluster=None if cluster == "slurm" else cluster)
     parameters: dict[str, Any] = {"name": f"sempt-{plan.target.name}", "tasks_per_node": 1, "nodes": 1}
-    if (minutes := options.timeout_min()) is not None:
-        parameters["timeout_min"] = minutes
+    # submitit's own defaults (5 min on SLURM, 2 min locally) would kill any real run: a day unless told otherwise
+    parameters["timeout_min"] = options.timeout_min() or DEFAULT_TIMEOUT_MIN
     if cluster == "slurm":
         parameters["gpus_per_node"] = options.gpus_per_job
         if options.slurm_partition:
@@ -268,7 +269,7 @@ def _launch_submitit(plan: Plan, todo: Sequence[Job], options: LaunchOptions, co
                 command = CommandFunction(job_argv(job, spec, runner), env=environment(job))
                 submitted.append((job, executor.submit(command)))
         for job, handle in submitted:
-            log = str(handle.paths.stdout)
+            log = str(handle.paths.stderr)  # where the job's console output and any traceback go
             book.update(job.id, status="submitted", cluster=cluster, slurm_job=str(handle.job_id),
                         folder=str(folder), log=log, launcher="slurm")
             console.print(f"[bold]⇪ {escape(job.title)}[/] submitted as job {handle.job_id} · log {escape(log)}")
@@ -278,12 +279,13 @@ def _launch_submitit(plan: Plan, todo: Sequence[Job], options: LaunchOptions, co
                 report.submitted[job.id] = f"SLURM job {handle.job_id}"
             continue
         for job, handle in submitted:
-            log = str(handle.paths.stdout)
+            log = str(handle.paths.stderr)
             try:
                 handle.result()
                 ok = _finished(plan, job)
             except Exception as exc:  # submitit's words for a failed job; the log has the details
-                console.print(f"[dim]{escape(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}[/]")
+                lines = [line for line in str(exc).splitlines() if line.strip()]
+                console.print(f"[dim]{escape(lines[-1] if lines else type(exc).__name__)}[/]")
                 ok = False
             if ok:
                 book.update(job.id, status="done")

@@ -213,7 +213,7 @@ def test_sempt_table1_on_the_demo_world_resumes_after_kill_and_slurm_gives_ident
     submitted = _sempt(*slurm, env=env, cwd=tmp_path)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     assert "submitted as job" in submitted.stderr
-    assert list((tmp_path / "b" / "results" / "reproduce" / "sempt-table1" / "slurm").glob("*/*_log.out"))
+    assert list((tmp_path / "b" / "results" / "reproduce" / "sempt-table1" / "slurm").glob("*/*_log.err"))
 
     a, b = _records(tmp_path / "a" / "results"), _records(tmp_path / "b" / "results")
     assert len(a) == 4 and a == b  # PromptKD with and without SemPT × 2 seeds, identical scores
