@@ -40,7 +40,7 @@ from sempt_cli.io import atomic_write_json, file_identity, stable_hash
 from sempt_cli.methods import supervised_method_names
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.models.factory import DEMO_STUDENT, DEMO_TEACHER, is_offline, resolve_pretrained
-from sempt_cli.pipeline.ablate import GRIDS, knowledge_file
+from sempt_cli.pipeline.ablate import DEMO_KNOWLEDGE, GRIDS, knowledge_file
 from sempt_cli.pipeline.distill import default_student, resolve_distill_settings, student_run_dir
 from sempt_cli.pipeline.embed import class_vectors_cached
 from sempt_cli.pipeline.evaluation import default_datasets, evaluate_checkpoint
@@ -227,7 +227,7 @@ def plan_jobs(
                 for v in chosen:
                     if v.kind == "teacher":
                         continue
-                    for value in (grid.values if grid else ("",)):
+                    for value in (grid_values(grid, dataset) if grid else ("",)):
                         if grid is not None and grid.eval_only and value != grid.values[0]:
                             continue  # one student scored under every rule
                         job = _variant_job(target, v, base, dataset, seed, value, teacher_job, attr_dep, settings,
@@ -237,6 +237,11 @@ def plan_jobs(
     for job in jobs:
         job.config_file = None if config_file is None else str(config_file)
     return jobs, list(dict.fromkeys(missing))
+
+
+def grid_values(grid: Any, dataset: str) -> tuple[str, ...]:
+    """The grid's values; the demo world's knowledge grid is names vs its ground truth (no LLM-written files)."""
+    return DEMO_KNOWLEDGE if grid.param == "knowledge" and dataset == DEMO_KEY else tuple(grid.values)
 
 
 def _variant_job(
