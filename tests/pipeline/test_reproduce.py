@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from sempt_cli.errors import SettingsError
-from sempt_cli.pipeline.launchers import LaunchOptions, launch
+from sempt_cli.pipeline.launchers import LaunchOptions, job_argv, launch
 from sempt_cli.pipeline.reproduce import TARGETS, Job, JobStatus, Plan, StateBook, get_target, ordered_waves
 from sempt_cli.report.records import Group, Stat
 from sempt_cli.report.tables import Comparison, format_value, spread_warnings
@@ -134,6 +134,12 @@ def test_a_gpu_pool_gives_each_job_its_own_gpu(tmp_path: Path) -> None:
     assert gpus == ["0", "0", "1", "1"]
     torchrun = LaunchOptions("torchrun", gpus=["0", "1", "2", "3"], gpus_per_job=2)
     assert torchrun.slots == ["0,1", "2,3"]
+    training = Job("t", "teacher", "t", "demo", 1, "promptsrc", {})
+    assert job_argv(training, Path("spec.json"), torchrun)[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sempt_cli", "reproduce-job",
+        "spec.json"]
+    assert job_argv(training, Path("spec.json"), LaunchOptions())[1:] == ["-m", "sempt_cli", "reproduce-job",
+                                                                           "spec.json"]
     with pytest.raises(SettingsError, match="torchrun"):
         LaunchOptions("local", gpus_per_job=2)
     assert LaunchOptions(slurm_time="1-02:30:00").timeout_min() == 1440 + 150
