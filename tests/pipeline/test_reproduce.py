@@ -230,3 +230,24 @@ def test_sempt_table1_on_the_demo_world_resumes_after_kill_and_slurm_gives_ident
     assert again.stdout.count(" done ") == 6 and "0 to run" in again.stdout
     runs = list((tmp_path / "a" / "runs").rglob("metrics.jsonl"))
     assert len(runs) == 6 and all((r.parent / "tensorboard").is_dir() for r in runs)
+
+
+def test_with_an_llm_key_missing_attribute_files_become_gen_attributes_jobs(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from sempt_cli.pipeline.reproduce import plan_target
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    overrides = {"paths.data_root": str(tmp_path / "data"), "paths.attributes_dir": str(tmp_path / "attributes"),
+                 "paths.output_dir": str(tmp_path / "runs"), "eval.results_dir": str(tmp_path / "results")}
+    plan = plan_target("sempt-table1", overrides, datasets=["oxford_flowers"], seeds=[1])
+    kinds = [job.kind for job in plan.jobs]
+    assert kinds == ["attributes", "teacher", "student", "student"]
+    attributes, _, plain, sempt = plan.jobs
+    assert attributes.argv is not None and attributes.argv[-3:] == ["gen-attributes", "--dataset", "oxford_flowers"]
+    assert attributes.env["SEMPT_PATHS__ATTRIBUTES_DIR"] == str(tmp_path / "attributes")
+    assert attributes.id in sempt.needs and attributes.id not in plain.needs
+    assert not any("attribute" in m for m in plan.missing)
+    assert any("Dataset oxford_flowers" in m for m in plan.missing)
+    with pytest.raises(SettingsError, match="--seeds"):
+        plan_target("sempt-table1", {**overrides, "data.seed": 3})
