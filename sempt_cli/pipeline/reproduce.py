@@ -549,6 +549,7 @@ class Plan:
     seeds: list[int]
     datasets: list[str]
     methods: list[str]
+    round_per_seed: bool = False
 
     @property
     def todo(self) -> list[Job]:
@@ -577,7 +578,7 @@ def plan_target(
     settings = load_settings(dict(overrides), config_file=config_file).settings
     book = StateBook(settings.eval.results_dir / "reproduce" / target.name)
     return Plan(target, jobs, list(dict.fromkeys(missing + more)), notes, book, statuses(jobs, book),
-                chosen_seeds, chosen_datasets, chosen_methods)
+                chosen_seeds, chosen_datasets, chosen_methods, settings.eval.round_per_seed)
 
 
 def missing_message(plan: Plan) -> str:
@@ -692,12 +693,11 @@ def summarize(plan: Plan) -> Summary:
 
     target = plan.target
     by_job = job_records(plan)
-    settings = load_settings({}, env={}).settings
     if target.grid:
         ablations = _ablation_results(plan, by_job)
         return Summary([], ablations, _ablation_warnings(ablations), sum(len(v) for v in by_job.values()))
     records = [r for job in plan.jobs if job.variant in plan.methods for r in by_job.get(job.id, [])]
-    groups = aggregate(records, settings.eval.round_per_seed)
+    groups = aggregate(records, plan.round_per_seed)
     numbers = [n for n in load_paper_numbers() if n.paper == target.paper and n.table == target.table]
     comparisons = []
     for group in groups:
@@ -727,7 +727,7 @@ def _ablation_results(plan: Plan, by_job: Mapping[str, list[EvalRecord]]) -> lis
                 point.records.append(record)
                 seeds.add(job.seed)
         for point in points.values():
-            groups = aggregate(point.records)
+            groups = aggregate(point.records, plan.round_per_seed)
             point.stats = dict(groups[0].cells.get(dataset, {})) if groups else {}
         if points:
             first = next(iter(points.values())).records[0]
