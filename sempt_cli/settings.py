@@ -244,6 +244,10 @@ class TrainSettings(SettingsSection):
         "last", description="Model kept at the end: last = the final epoch's; official-best = the epoch with the best "
         "base-class accuracy on the *test* split, as the official PromptKD code selects (selects on test data).",
     )
+    tensorboard: bool = Field(
+        True, description="Write TensorBoard event files (train/<loss>, train/lr, per-epoch timing) into the run "
+        "folder, beside metrics.jsonl (always written).",
+    )
 
 
 class PromptSettings(SettingsSection):

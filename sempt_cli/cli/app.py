@@ -17,6 +17,7 @@ from sempt_cli.cli.errors import report
 from sempt_cli.cli.eval import eval_command
 from sempt_cli.cli.few_shot import few_shot
 from sempt_cli.cli.gen_attributes import gen_attributes
+from sempt_cli.cli.reproduce import reproduce, reproduce_job
 from sempt_cli.cli.train_teacher import train_teacher
 from sempt_cli.errors import SemptError
 
@@ -38,6 +39,8 @@ app.command("distill")(distill)
 app.command("eval")(eval_command)
 app.command("ablate")(ablate)
 app.command("few-shot")(few_shot)
+app.command("reproduce")(reproduce)
+app.command("reproduce-job", hidden=True)(reproduce_job)
 app.command("demo")(demo)
 
 

@@ -41,6 +41,7 @@ from sempt_cli.engine.distributed import DistContext, barrier, has_batchnorm, sy
 from sempt_cli.engine.loader import EpochBatches, SeededImageDataset, make_loader
 from sempt_cli.engine.runtime import Runtime, preserved_rng
 from sempt_cli.engine.schedule import epoch_learning_rate
+from sempt_cli.engine.trainlog import TimedIterable, TrainingLog
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.io import atomic_open, atomic_write_json
 from sempt_cli.protocol import Batch, LossOutput, Method
@@ -235,7 +236,8 @@ class Trainer:
         steps_this_run = 0
         last: dict[str, float] = {}
         total_steps = train.epochs * self.batches.steps_per_epoch
-        with self._progress() as progress:
+        log = TrainingLog(self.run_dir, position.global_step, tensorboard=train.tensorboard, enabled=self.dist.is_main)
+        with self._progress() as progress, contextlib.closing(log):
             task = progress.add_task("train", total=total_steps, completed=position.global_step, info="")
             self.method.train()
             while position.epoch <= train.epochs:
@@ -243,16 +245,20 @@ class Trainer:
                 for group, rate in zip(self.optimizer.param_groups, rates, strict=True):
                     group["lr"] = rate
                 lr = "/".join(f"{rate:.2e}" for rate in rates)
+                named_rates = {schedule.name: rate for schedule, rate in zip(self.schedules, rates, strict=True)}
                 self.dataset.set_epoch(position.epoch)
                 self.method.on_epoch_start(position.epoch)
                 plan = self.batches.plan(position.epoch)[position.step:]
-                loader = make_loader(self.dataset, plan, self.settings.data.workers)
-                tick = time.perf_counter()
+                loader = TimedIterable(make_loader(self.dataset, plan, self.settings.data.workers))
+                tick = epoch_started = time.perf_counter()
+                steps_this_epoch = 0
                 for micro_batches in _group(loader, self.batches.micro_batches, position.epoch):
                     last = self._optimizer_step(micro_batches)
                     position.step += 1
                     position.global_step += 1
                     steps_this_run += 1
+                    steps_this_epoch += 1
+                    log.step(position.global_step, position.epoch, last, named_rates)
                     images = self.settings.data.batch_size
                     rate = images / max(time.perf_counter() - tick, 1e-9)
                     tick = time.perf_counter()
@@ -269,6 +275,9 @@ class Trainer:
                 self.method.on_epoch_end(position.epoch, train.epochs)
                 if position.epoch < train.epochs:  # the last epoch is scored after on_train_end (its GPA model)
                     self._consider(position.epoch)
+                scores = {"selection": self._scores[position.epoch]} if position.epoch in self._scores else {}
+                log.epoch(position.global_step, position.epoch, steps_this_epoch * self.settings.data.batch_size,
+                          time.perf_counter() - epoch_started, loader.seconds, scores)
                 position.epoch += 1
                 position.step = 0
                 self._save_state(position)

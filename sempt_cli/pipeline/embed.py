@@ -47,9 +47,7 @@ def embed_classes(
         classnames = record.classnames if settings.data.dataset == record.dataset else \
             all_classnames(settings.data.dataset)
     cache = TensorCache(settings.paths.cache_dir / "tensors")
-    inputs: dict[str, Any] = {"teacher": sidecar.sha256, "backbone": record.backbone_identity,
-                              "classnames": classnames,
-                              "prompt": record.settings["prompts"], "encoder": "teacher-prompted"}
+    inputs = _cache_inputs(sidecar, classnames)
 
     def compute() -> dict[str, Tensor]:
         runtime = resolve_runtime(settings.model)
@@ -61,3 +59,16 @@ def embed_classes(
 
     tensors, reused = cache.get_or_compute(KIND, inputs, compute)
     return ClassVectors(tensors["vectors"], classnames, cache.path_for(KIND, inputs), reused)
+
+
+def _cache_inputs(sidecar: Any, classnames: list[str]) -> dict[str, Any]:
+    record = sidecar.record
+    return {"teacher": sidecar.sha256, "backbone": record.backbone_identity, "classnames": classnames,
+            "prompt": record.settings["prompts"], "encoder": "teacher-prompted"}
+
+
+def class_vectors_cached(teacher_checkpoint: Path, settings: Settings, classnames: list[str] | None = None) -> bool:
+    """Whether `embed_classes` would find the teacher's class vectors in the cache (for plans: nothing computed)."""
+    sidecar = load_learned(teacher_checkpoint)
+    names = classnames if classnames is not None else sidecar.record.classnames
+    return TensorCache(settings.paths.cache_dir / "tensors").path_for(KIND, _cache_inputs(sidecar, names)).is_file()

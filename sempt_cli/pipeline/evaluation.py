@@ -69,6 +69,7 @@ from sempt_cli.settings import EvalSetting, Settings
 MODEL_INDEPENDENT = {
     "paths": None, "llm": None, "eval": None,
     "data": ("seed", "dataset", "workers", "eval_batch_size", "on_corrupt"), "model": ("device",),
+    "train": ("tensorboard",),
 }
 """Settings that do not define a model family: seeds are averaged over, datasets are columns, the rest is
 placement. Everything else must agree between checkpoints averaged as seeds."""

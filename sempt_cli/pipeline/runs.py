@@ -47,7 +47,7 @@ UNREADABLE = "unreadable"
 COMMON_SECTIONS = ("model", "data", "train")
 NOT_RESULT_AFFECTING = {
     ("model", "device"), ("data", "workers"), ("data", "eval_batch_size"), ("sempt", "inference"),
-    ("sempt", "attributes"),
+    ("sempt", "attributes"), ("train", "tensorboard"),
 }
 """Settings that change speed, placement or only inference, not the trained parameters (an attribute file's
 *path* is one: its content hash enters the key where it matters)."""

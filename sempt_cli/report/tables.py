@@ -188,7 +188,7 @@ def _standard_notes(group: Group, has_paper: bool) -> list[str]:
     seeds = group.seeds
     if len(seeds) > 1:
         how = "; HM from the mean base and mean novel accuracy" if group.setting == "base2novel" else ""
-        notes.append(f"ours: mean ± population std over seeds {', '.join(map(str, seeds))}{how}.")
+        notes.append(f"ours: mean ± population std over seeds {', '.join(map(str, seeds))} (n = seeds per cell){how}.")
     if group.setting == "base2novel":
         notes.append("All = accuracy with base and novel classes competing (an extra; the papers do not report it).")
     if group.average() is not None:
@@ -214,11 +214,12 @@ class TableView:
 
 
 def format_value(value: Stat | float | None) -> str:
-    """A table cell: '—' for nothing, 'mean ± std' over several seeds, else the value, two decimals."""
+    """A table cell: '—' for nothing, 'mean ± std (n)' over several seeds (n: how many; a mean of 2 seeds is not
+    one of 3), else the value, two decimals."""
     if value is None:
         return "—"
     if isinstance(value, Stat):
-        return f"{value.mean:.2f} ± {value.std:.2f}" if value.n > 1 else f"{value.mean:.2f}"
+        return f"{value.mean:.2f} ± {value.std:.2f} (n={value.n})" if value.n > 1 else f"{value.mean:.2f}"
     return f"{value:.2f}"
 
 
@@ -422,3 +423,49 @@ def render(comparisons: Sequence[Comparison], fmt: str) -> str:
     if fmt == "json":
         return to_json(comparisons)
     raise ValueError(f"no text renderer for format {fmt!r}")
+
+
+# ------------------------------------------------------------------------------------------------ seed spread
+
+
+HEADLINE = {"base2novel": "hm"}
+"""The metric a gap is judged on: HM in base-to-novel, accuracy elsewhere."""
+
+
+def spread_warnings(comparisons: Sequence[Comparison]) -> list[str]:
+    """Sentences for every gap a table reports that is smaller than the seed spread behind it: a method's gain from
+    SemPT (the row with it against the same row without it) and ours − paper; gaps over a single seed have no
+    spread to judge and are not checked."""
+    warnings: list[str] = []
+    by_key = {(c.group.kind, c.group.method, c.group.backbone, c.group.setting, c.group.shots, c.group.variant): c
+              for c in comparisons}
+    for comparison in comparisons:
+        group = comparison.group
+        metric = HEADLINE.get(group.setting, "accuracy")
+        if group.variant:
+            plain = by_key.get((group.kind, group.method, group.backbone, group.setting, group.shots, ""))
+            for dataset in group.datasets:
+                ours, theirs = group.cells.get(dataset, {}).get(metric), None
+                if plain is not None:
+                    theirs = plain.group.cells.get(dataset, {}).get(metric)
+                if ours is None or theirs is None or max(ours.n, theirs.n) < 2:
+                    continue
+                gap, spread = ours.mean - theirs.mean, max(ours.std, theirs.std)
+                if spread > abs(gap):
+                    warnings.append(
+                        f"{dataset_title(dataset)}: {group.title} − {plain.group.title if plain else ''} = {gap:+.2f} "
+                        f"{METRIC_TITLES[metric]}, smaller than the seed spread (std up to {spread:.2f}, "
+                        f"n = {ours.n}/{theirs.n} seeds).")
+        for row in comparison.paper:
+            if row.method.lower() != group.title.lower():
+                continue
+            for dataset in group.datasets:
+                stat = group.cells.get(dataset, {}).get(metric)
+                delta = comparison.delta(row, dataset, metric)
+                if stat is None or delta is None or stat.n < 2:
+                    continue
+                if stat.std > abs(delta):
+                    warnings.append(
+                        f"{dataset_title(dataset)}: {group.title} is {delta:+.2f} {METRIC_TITLES[metric]} from the "
+                        f"paper, within its seed spread (std {stat.std:.2f}, n = {stat.n} seeds).")
+    return warnings
