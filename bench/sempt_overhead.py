@@ -414,7 +414,7 @@ def train_step(
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return {"total": float(loss.detach())} | output.parts
+        return {"total": float(loss.detach())} | {k: float(v) for k, v in output.parts.items()}
 
     for m in methods.values():
         m.train()

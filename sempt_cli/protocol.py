@@ -62,10 +62,14 @@ class Batch:
 
 @dataclass
 class LossOutput:
-    """The scalar to minimise and its named parts (for progress bars and logs)."""
+    """The scalar to minimise and its named parts (for progress bars and logs).
+
+    Parts are detached 0-dim tensors (`loss.detach()`), not floats: the trainer reads them back every few steps
+    in one transfer, so a step never waits for the device and a compiled step has no graph break. Floats are
+    still accepted (read back per step)."""
 
     total: Tensor
-    parts: dict[str, float] = field(default_factory=dict)
+    parts: dict[str, Tensor | float] = field(default_factory=dict)
 
     def __add__(self, other: LossOutput) -> LossOutput:
         return LossOutput(self.total + other.total, self.parts | other.parts)

@@ -248,6 +248,16 @@ class TrainSettings(SettingsSection):
         True, description="Write TensorBoard event files (train/<loss>, train/lr, per-epoch timing) into the run "
         "folder, beside metrics.jsonl (always written).",
     )
+    compile: Literal["auto", "off", "compile", "cuda-graphs"] = Field(
+        "auto", description="How the training step runs: off = eager PyTorch; compile = torch.compile of the "
+        "method's forward and loss; cuda-graphs = the same, replayed as CUDA graphs (mode reduce-overhead; CUDA "
+        "only); auto = cuda-graphs on CUDA, off on CPU. Results agree up to floating-point rounding.",
+    )
+    read_every: int = Field(
+        10, ge=1, description="Optimizer steps between reading the loss back from the device (progress bar, "
+        "finite-loss check; also before every checkpoint and at each epoch's end): 1 waits for the device every "
+        "step.",
+    )
 
 
 class PromptSettings(SettingsSection):

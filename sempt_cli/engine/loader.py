@@ -5,7 +5,7 @@ teacher features computed for (seed, epoch, index) match the pixels the student 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,8 @@ def derive_seed(*parts: int) -> int:
 class SeededImageDataset(Dataset):
     """Images with an augmentation drawn from a generator seeded by (seed, epoch, index).
 
-    Call `set_epoch` before building each epoch's loader (workers copy the dataset when they start).
+    Call `set_epoch` before building each epoch's loader (workers copy the dataset when they start), or index
+    with `(epoch, index)` pairs, as `EpochLoader` does so that its workers can live across epochs.
     """
 
     def __init__(
@@ -51,10 +52,12 @@ class SeededImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        """(view, label, index): the index names the view (with `epoch`), even if a corrupt image was replaced."""
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        """(view, label, index): the index names the view (with the epoch), even if a corrupt image was replaced.
+        `key` is an index (of epoch `self.epoch`) or an `(epoch, index)` pair."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         image, label, _ = self.images[index]
-        with seeded(derive_seed(self.seed, self.epoch, index)):
+        with seeded(derive_seed(self.seed, epoch, index)):
             tensor = self.transform(image)
         return tensor, label, index
 
@@ -99,3 +102,41 @@ def make_loader(dataset: Dataset, plan: Sequence[Sequence[Sequence[int]]], worke
         dataset, batch_sampler=batch_sampler, num_workers=workers, persistent_workers=False,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+class _Plan:
+    """A batch sampler whose batches are replaced every epoch (DataLoader iterates it anew for each epoch)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class EpochLoader:
+    """One DataLoader for a whole run: its workers start once and stay (persistent workers), batches go to pinned
+    memory on CUDA (so the copy to the GPU overlaps the step), and each worker keeps `prefetch` batches ready.
+
+    Why the epoch travels with each index: persistent workers hold their own copy of the dataset, so
+    `set_epoch` in the main process would not reach them; `(epoch, index)` keys name each view exactly as
+    before, so the pixels are those of `make_loader` (tested)."""
+
+    def __init__(self, dataset: SeededImageDataset, workers: int, prefetch: int = 4) -> None:
+        self._plan = _Plan()
+        options: dict[str, Any] = {"persistent_workers": True, "prefetch_factor": prefetch} if workers else {}
+        self.loader = DataLoader(dataset, batch_sampler=self._plan, num_workers=workers,
+                                 pin_memory=torch.cuda.is_available(), **options)
+
+    def epoch(self, epoch: int, plan: Sequence[Sequence[Sequence[int]]]) -> DataLoader:
+        """The loader, set to yield `plan`'s micro-batches of `epoch` in order, `(images, labels, indices)` each."""
+        self._plan.batches = [[(epoch, i) for i in micro] for step in plan for micro in step]
+        return self.loader
+
+    def close(self) -> None:
+        """Stop the workers now (they would otherwise live as long as this object): dropping the loader's iterator
+        shuts them down, as DataLoader itself does."""
+        self.loader._iterator = None

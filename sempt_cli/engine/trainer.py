@@ -37,11 +37,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from sempt_cli.engine import step as stepping
 from sempt_cli.engine.distributed import DistContext, barrier, has_batchnorm, sync_batchnorms
-from sempt_cli.engine.loader import EpochBatches, SeededImageDataset, make_loader
+from sempt_cli.engine.loader import EpochBatches, EpochLoader, SeededImageDataset
 from sempt_cli.engine.runtime import Runtime, preserved_rng
 from sempt_cli.engine.schedule import epoch_learning_rate
-from sempt_cli.engine.trainlog import TimedIterable, TrainingLog
+from sempt_cli.engine.trainlog import TrainingLog
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.io import atomic_open, atomic_write_json
 from sempt_cli.protocol import Batch, LossOutput, Method
@@ -131,14 +132,21 @@ class Trainer:
         self.selection = selection if settings.train.select == "official-best" else None
         self._scores: dict[int, float] = {}
         self._best: tuple[int, dict[str, torch.Tensor]] | None = None
-        self.optimizer, self.schedules = build_optimizer(method, train)  # the method itself, never the DDP wrapper
+        self.step_mode = stepping.resolve_compile(train.compile, runtime.device)
+        self._optimizer_options = stepping.fused_optimizer_options(runtime.device)
+        self.optimizer, self.schedules = build_optimizer(  # the method itself, never the DDP wrapper
+            method, train, self._optimizer_options)
+        self.reader = stepping.LossReader()
+        self.loader = EpochLoader(dataset, settings.data.workers)
+        self.last_clock: stepping.EpochClock | None = None
         self.scaler = torch.amp.GradScaler(enabled=runtime.uses_grad_scaler)
         module: nn.Module = _LossModule(method)
         if self.dist.enabled:
             device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
             module = nn.parallel.DistributedDataParallel(  # the extra graph traversal only where it is needed
                 module, device_ids=device_ids, find_unused_parameters=method.unused_parameters)
-        self.loss_module = module
+        self._ddp = module if isinstance(module, nn.parallel.DistributedDataParallel) else None
+        self.loss_module = stepping.compile_step(module, self.step_mode)  # shares the method's parameters
 
     def _notes(self, settings: Settings, selection: EpochSelection | None) -> list[str]:
         """Warnings a run prints at its start: where its result is not what a plain run would give."""
@@ -210,6 +218,9 @@ class Trainer:
                 f"Cannot resume from {self.state_path}: it was saved with other optimizer parameter groups.",
                 hint="Delete the run folder to start over.",
             ) from None
+        for group in self.optimizer.param_groups:  # a checkpoint from another device: this device's kernels
+            if "fused" in group:
+                group["fused"] = self._optimizer_options.get("fused")
         self.scaler.load_state_dict(state["scaler"])
         selection = state.get("selection") or {}
         self._scores = {int(epoch): float(score) for epoch, score in selection.get("scores", [])}
@@ -237,6 +248,14 @@ class Trainer:
         last: dict[str, float] = {}
         total_steps = train.epochs * self.batches.steps_per_epoch
         log = TrainingLog(self.run_dir, position.global_step, tensorboard=train.tensorboard, enabled=self.dist.is_main)
+        named_rates: dict[str, float] = {}
+
+        def read() -> dict[str, float]:
+            """The pending steps' losses from the device: each logged as its own step line; the last returned."""
+            for step, losses in self.reader.read_steps():
+                log.step(step, position.epoch, losses, named_rates)
+            return self.reader.last
+
         with self._progress() as progress, contextlib.closing(log):
             task = progress.add_task("train", total=total_steps, completed=position.global_step, info="")
             self.method.train()
@@ -249,16 +268,19 @@ class Trainer:
                 self.dataset.set_epoch(position.epoch)
                 self.method.on_epoch_start(position.epoch)
                 plan = self.batches.plan(position.epoch)[position.step:]
-                loader = TimedIterable(make_loader(self.dataset, plan, self.settings.data.workers))
+                loader = self.loader.epoch(position.epoch, plan)
+                clock = self.last_clock = stepping.EpochClock()  # for callers that report where time went
                 tick = epoch_started = time.perf_counter()
                 steps_this_epoch = 0
-                for micro_batches in _group(loader, self.batches.micro_batches, position.epoch):
-                    last = self._optimizer_step(micro_batches)
+                for micro_batches in clock.batches(_group(loader, self.batches.micro_batches, position.epoch)):
+                    with clock.step(self.settings.data.batch_size):
+                        self._optimizer_step(micro_batches, position.global_step + 1)
+                        if (position.global_step + 1) % train.read_every == 0:
+                            last = read()  # the one host synchronisation of these steps
                     position.step += 1
                     position.global_step += 1
                     steps_this_run += 1
                     steps_this_epoch += 1
-                    log.step(position.global_step, position.epoch, last, named_rates)
                     images = self.settings.data.batch_size
                     rate = images / max(time.perf_counter() - tick, 1e-9)
                     tick = time.perf_counter()
@@ -266,21 +288,28 @@ class Trainer:
                     progress.update(task, advance=1, info=f"ep {position.epoch} lr={lr} {info} {rate:.0f} img/s")
                     mid_epoch = position.step < self.batches.steps_per_epoch
                     if mid_epoch and position.global_step % train.checkpoint_every == 0:
+                        last = read()  # never checkpoint a non-finite step
                         self._save_state(position)
                     if stop_after_steps is not None and steps_this_run >= stop_after_steps:
+                        last = read()
                         self._save_state(position)
                         barrier(self.dist)
                         return TrainResult(position.epoch, position.global_step, resumed_from,
                                            time.perf_counter() - started, False, last)
+                with clock.step(0):
+                    last = read()
+                if self.dist.is_main:
+                    self.console.print(clock.describe(position.epoch, train.epochs))
                 self.method.on_epoch_end(position.epoch, train.epochs)
                 if position.epoch < train.epochs:  # the last epoch is scored after on_train_end (its GPA model)
                     self._consider(position.epoch)
                 scores = {"selection": self._scores[position.epoch]} if position.epoch in self._scores else {}
                 log.epoch(position.global_step, position.epoch, steps_this_epoch * self.settings.data.batch_size,
-                          time.perf_counter() - epoch_started, loader.seconds, scores)
+                          time.perf_counter() - epoch_started, clock.waiting, scores)
                 position.epoch += 1
                 position.step = 0
                 self._save_state(position)
+        self.loader.close()
         self.method.on_train_end()
         selected = None
         if self.selection is not None:
@@ -309,30 +338,31 @@ class Trainer:
         if self._best is None or score > self._scores[self._best[0]]:
             self._best = (epoch, {k: v.detach().cpu().clone() for k, v in self.method.trainable_state().items()})
 
-    def _optimizer_step(self, micro_batches: Sequence[Batch]) -> dict[str, float]:
-        parts: dict[str, float] = {}
+    def _optimizer_step(self, micro_batches: Sequence[Batch], global_step: int) -> None:
+        """One optimizer step; its loss and parts go to `self.reader` (read back every `train.read_every` steps,
+        where a non-finite loss stops the run before anything is checkpointed)."""
+        parts: dict[str, torch.Tensor | float] = {}
+        total: torch.Tensor | None = None
         for i, batch in enumerate(micro_batches):
             batch = batch.to(self.runtime.device)
             sync = i == len(micro_batches) - 1
             context: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
             if self.dist.enabled and not sync:
-                assert isinstance(self.loss_module, nn.parallel.DistributedDataParallel)  # wrapped in __init__
-                context = self.loss_module.no_sync()
+                assert self._ddp is not None  # wrapped in __init__ (the compiled step shares its parameters)
+                context = self._ddp.no_sync()
             with context:
+                stepping.begin_step(self.step_mode)
                 with self.runtime.autocast():
                     output: LossOutput = self.loss_module(batch)
                 loss = output.total.float() / len(micro_batches)
-                if not torch.isfinite(loss):
-                    raise SemptError(
-                        f"The loss became {loss.item()} at this step; lower --lr or use --precision fp32/bf16."
-                    )
                 self.scaler.scale(loss).backward()
-            for key, value in output.parts.items():
-                parts[key] = parts.get(key, 0.0) + value / len(micro_batches)
+            total = loss.detach() if total is None else total + loss.detach()
+            stepping.sum_parts(parts, output.parts, 1 / len(micro_batches))
+        assert total is not None
+        self.reader.add(global_step, total, parts)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return parts
 
     def _progress(self) -> Progress:
         return Progress(
@@ -355,9 +385,12 @@ class GroupSchedule:
                                    warmup_epochs=self.warmup_epochs, warmup_lr=train.warmup_lr)
 
 
-def build_optimizer(method: Method, train: TrainSettings) -> tuple[torch.optim.Optimizer, list[GroupSchedule]]:
-    """`train.optimizer` over `method.parameter_groups()` (frozen parameters and empty groups dropped, rates left
-    to `train` resolved), and each group's schedule, in the optimizer's group order.
+def build_optimizer(
+    method: Method, train: TrainSettings, options: dict[str, Any] | None = None,
+) -> tuple[torch.optim.Optimizer, list[GroupSchedule]]:
+    """`train.optimizer` (with extra constructor `options`, e.g. `fused=True` on CUDA) over
+    `method.parameter_groups()` (frozen parameters and empty groups dropped, rates left to
+    `train` resolved), and each group's schedule, in the optimizer's group order.
 
     The groups must hold every trainable parameter exactly once: a forgotten one would silently stay frozen."""
     groups: list[dict[str, Any]] = []
@@ -381,9 +414,10 @@ def build_optimizer(method: Method, train: TrainSettings) -> tuple[torch.optim.O
                          f"once{'; missing: ' + ', '.join(missing) if missing else ''}.")
     optimizer: torch.optim.Optimizer
     if train.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay,
+                                    **(options or {}))
     else:
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay, **(options or {}))
     return optimizer, schedules
 
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from sempt_cli.engine.cache import read_cached
 from sempt_cli.engine.loader import SeededImageDataset
 from sempt_cli.engine.runtime import Runtime
+from sempt_cli.engine.step import EpochClock
 from sempt_cli.errors import SemptError
 from sempt_cli.io import atomic_write_bytes, atomic_write_json
 from sempt_cli.models.checkpoint import non_finite
@@ -80,6 +81,8 @@ class ViewFeatureCache:
         self.console = console or Console(stderr=True)
         self._epoch: int | None = None
         self._features: Tensor | None = None
+        self.last_clock: EpochClock | None = None
+        """Where the last computed epoch's time went (waiting for views vs teacher forwards)."""
         if describe is not None:
             atomic_write_json(root / "cache.json", describe)
 
@@ -111,13 +114,18 @@ class ViewFeatureCache:
         view = SeededImageDataset(self.dataset.samples, self.dataset.transform, self.dataset.seed,
                                   self.dataset.images.on_corrupt)
         view.set_epoch(epoch)
-        loader = DataLoader(view, batch_size=self.batch_size, num_workers=self.workers)
+        cuda = self.runtime.device.type == "cuda"
+        loader = DataLoader(view, batch_size=self.batch_size, num_workers=self.workers, pin_memory=cuda,
+                            prefetch_factor=4 if self.workers else None)
         chunks: list[Tensor] = []
+        self.last_clock = EpochClock()
         with self.console.status(f"Caching teacher image features for epoch {epoch} ({len(view)} views) ..."):
-            for images, _, _ in loader:
-                with self.runtime.autocast():
-                    chunks.append(self.encoder(images.to(self.runtime.device)).float().cpu())
-        return torch.cat(chunks)
+            for images, _, _ in self.last_clock.batches(loader):
+                with self.last_clock.step(len(images)), self.runtime.autocast():
+                    # kept on the device (fp16, as stored) until the end: no host synchronisation per batch
+                    chunks.append(self.encoder(images.to(self.runtime.device, non_blocking=True)).to(torch.float16))
+            with self.last_clock.step(0):
+                return torch.cat(chunks).cpu()
 
     def features(self, epoch: int, indices: Sequence[int] | Tensor) -> Tensor:
         self.ensure(epoch)

@@ -391,7 +391,7 @@ class DPT(Method):
             image, logits = self._encode(batch.images, raw_text[top], classify=self.aux_weight > 0)
             if self.aux_weight > 0:
                 aux = class_aware_loss(logits, top, labels)
-                extra = LossOutput(self.aux_weight * aux, {"ca": float(aux.detach())})
+                extra = LossOutput(self.aux_weight * aux, {"ca": aux.detach()})
         else:
             image = F.normalize(self.vision(batch.images), dim=-1)
         if guided:
@@ -399,13 +399,13 @@ class DPT(Method):
             scale = self.logit_scale()
             coop = F.cross_entropy((scale * zero_shot @ text.t().to(zero_shot.dtype)).float(), labels)
             vpt = F.cross_entropy((scale * image @ self.frozen_text.t().to(image.dtype)).float(), labels)
-            warm = LossOutput(coop + vpt, {"coop": float(coop.detach()), "vpt": float(vpt.detach())})
+            warm = LossOutput(coop + vpt, {"coop": coop.detach(), "vpt": vpt.detach()})
             extra = warm if extra is None else extra + warm
         weight = beta if guided else 1.0
 
         def cross_entropy(logits: Tensor) -> LossOutput:
             ce = F.cross_entropy(logits.float(), labels)
-            return LossOutput(weight * ce, {"ce": float(ce.detach())})
+            return LossOutput(weight * ce, {"ce": ce.detach()})
 
         return TrainingForward(image, text, cross_entropy, extra)
 

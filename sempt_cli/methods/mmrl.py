@@ -275,13 +275,13 @@ class MMRL(Method):
 
         def class_head(logits: Tensor) -> LossOutput:
             ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(self.alpha * ce, {"ce_c": float(ce.detach())})
+            return LossOutput(self.alpha * ce, {"ce_c": ce.detach()})
 
         rep_ce = F.cross_entropy(self.scale * representation.float() @ text.float().t(), batch.labels)
         image_reg = 1 - (image.float() * frozen_image).sum(-1).mean()
         text_reg = 1 - (text.float() * self.frozen_text()).sum(-1).mean()
         extra = LossOutput(
             (1 - self.alpha) * rep_ce + self.reg_weight * (image_reg + text_reg),
-            {"ce_r": float(rep_ce.detach()), "cos_i": float(image_reg.detach()), "cos_t": float(text_reg.detach())},
+            {"ce_r": rep_ce.detach(), "cos_i": image_reg.detach(), "cos_t": text_reg.detach()},
         )
         return TrainingForward(image, text, class_head, extra)

@@ -157,7 +157,7 @@ class PromptKD(Method):
 
         def distillation(student_logits: Tensor) -> LossOutput:
             loss = self.kd_weight * kd_loss(student_logits, teacher_logits, self.temperature)
-            return LossOutput(loss, {"kd": float(loss.detach())})
+            return LossOutput(loss, {"kd": loss.detach()})
 
         return TrainingForward(self.image_embeddings(batch.images), vectors, distillation)
 

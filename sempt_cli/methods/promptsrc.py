@@ -140,7 +140,7 @@ class PromptSRC(Method):
 
         def cross_entropy(logits: Tensor) -> LossOutput:
             ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(ce, {"ce": float(ce.detach())})
+            return LossOutput(ce, {"ce": ce.detach()})
 
         extra = self._consistency(batch, image, text) if self.use_consistency else None
         return TrainingForward(image, text, cross_entropy, extra)
@@ -172,7 +172,7 @@ class PromptSRC(Method):
             F.log_softmax(logits.float(), dim=1), F.log_softmax(zs_logits.float(), dim=1),
             reduction="sum", log_target=True,
         ) / logits.numel()
-        parts = {"text": float(l_text.detach()), "img": float(l_image.detach()), "kl": float(l_logits.detach())}
+        parts = {"text": l_text.detach(), "img": l_image.detach(), "kl": l_logits.detach()}
         return LossOutput(l_text + l_image + l_logits, parts)
 
     # ------------------------------------------------------------------ Gaussian prompt aggregation

@@ -265,11 +265,11 @@ class Restore(IVLP):
 
         def cross_entropy(logits: Tensor) -> LossOutput:
             ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(ce, {"ce": float(ce.detach())})
+            return LossOutput(ce, {"ce": ce.detach()})
 
         labels = batch.labels if self.hyper.fs_pairing == "label" else None
         l_fs = feature_shift_loss(image.shifts[:, self.vision_pairs], text.shifts[:, self.text_pairs], labels)
-        extra = LossOutput(self.hyper.fs_weight * l_fs, {"fs": float(l_fs.detach())})
+        extra = LossOutput(self.hyper.fs_weight * l_fs, {"fs": l_fs.detach()})
         return TrainingForward(
             F.normalize(image.features, dim=-1), F.normalize(text.features, dim=-1), cross_entropy, extra
         )

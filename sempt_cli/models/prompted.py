@@ -302,6 +302,7 @@ class ClassPrompts(nn.Module):
         embeddings: Tensor,
         n_ctx: int,
         texts: Sequence[str] | None = None,
+        eot: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("token_ids", token_ids, persistent=False)
@@ -309,27 +310,36 @@ class ClassPrompts(nn.Module):
         self.register_buffer("embeddings", embeddings, persistent=False)
         self.n_ctx = n_ctx
         self.texts = list(texts) if texts is not None else None
-        self.length = int(eot_index.max()) + 1 if eot_index.numel() else 1
+        # the EOT positions on the host too, so that `select` (every text forward) never waits for the device
+        self._eot = list(eot) if eot is not None else [int(i) for i in eot_index.tolist()]
+        self.length = max(self._eot) + 1 if self._eot else 1
 
     def __len__(self) -> int:
         return int(self.token_ids.shape[0])
 
     def select(self, index: Tensor | slice | Sequence[int]) -> ClassPrompts:
         """A subset of the prompts (e.g. a chunk of classes), sharing nothing mutable with this one."""
-        if isinstance(index, slice):
+        if isinstance(index, slice):  # views, no index tensor: a chunk costs no host-device traffic
             positions = list(range(len(self)))[index]
+            idx: Tensor | slice = slice(positions[0], positions[-1] + 1) if positions and index.step in (None, 1) \
+                else torch.as_tensor(positions, dtype=torch.long, device=self.token_ids.device)
         else:
             positions = [int(i) for i in (index.tolist() if isinstance(index, Tensor) else index)]
-        idx = torch.as_tensor(positions, dtype=torch.long, device=self.token_ids.device)
+            idx = torch.as_tensor(positions, dtype=torch.long, device=self.token_ids.device)
         texts = [self.texts[i] for i in positions] if self.texts is not None else None
-        eot = self.eot_index[idx]
-        length = int(eot.max()) + 1 if eot.numel() else 1
-        return ClassPrompts(self.token_ids[idx], eot, self.embeddings[idx, :length], self.n_ctx, texts)
+        length = max(self._eot[i] for i in positions) + 1 if positions else 1
+        token_ids, eot_index, embeddings = self.token_ids[idx], self.eot_index[idx], self.embeddings[idx, :length]
+        if isinstance(idx, slice):  # views of this one's buffers: copy them
+            token_ids, eot_index, embeddings = token_ids.clone(), eot_index.clone(), embeddings.clone()
+        return ClassPrompts(token_ids, eot_index, embeddings, self.n_ctx, texts, eot=[self._eot[i] for i in positions])
 
     def chunks(self, size: int | None = None) -> Iterator[ClassPrompts]:
         """The prompts in consecutive chunks of `size` classes (default `CLASS_CHUNK`): how every text encoder
         bounds its memory for ImageNet-size class lists."""
         size = size or CLASS_CHUNK
+        if len(self) <= size:  # one chunk: these very prompts (no copy; encoders only read them)
+            yield self
+            return
         for start in range(0, len(self), size):
             yield self.select(slice(start, start + size))
 

@@ -47,10 +47,11 @@ UNREADABLE = "unreadable"
 COMMON_SECTIONS = ("model", "data", "train")
 NOT_RESULT_AFFECTING = {
     ("model", "device"), ("data", "workers"), ("data", "eval_batch_size"), ("sempt", "inference"),
-    ("sempt", "attributes"), ("train", "tensorboard"),
+    ("sempt", "attributes"), ("train", "tensorboard"), ("train", "compile"), ("train", "read_every"),
 }
 """Settings that change speed, placement or only inference, not the trained parameters (an attribute file's
-*path* is one: its content hash enters the key where it matters)."""
+*path* is one: its content hash enters the key where it matters; a compiled step agrees with the eager one up to
+floating-point rounding, so turning it on or off resumes the same run)."""
 
 
 def resolve_with_preset(

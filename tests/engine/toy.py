@@ -51,7 +51,7 @@ class ToyMethod(Method):
     def training_loss(self, batch: Batch) -> LossOutput:
         logits = 10 * self.image_embeddings(batch.images) @ self.class_embeddings(self.train_classnames).t()
         loss = F.cross_entropy(logits, batch.labels)
-        return LossOutput(loss, {"ce": float(loss.detach())})
+        return LossOutput(loss, {"ce": loss.detach()})
 
     def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
         weight = gaussian_aggregation_weights(num_epochs, mean=num_epochs / 2, std=1.0)[epoch - 1]

@@ -246,11 +246,11 @@ def test_warm_up_is_eq_12_then_plain_cross_entropy(clip: LoadedClip) -> None:
         later = method.training_loss(batch(epoch=31))
     assert set(loss.parts) == {"ce", "ca", "coop", "vpt"}
     for name, value in (("ce", ce), ("coop", coop), ("vpt", vpt)):
-        assert loss.parts[name] == pytest.approx(float(value), rel=1e-5), name
-    expected = 0.1 * loss.parts["ce"] + loss.parts["coop"] + loss.parts["vpt"] + 0.3 * loss.parts["ca"]
+        assert float(loss.parts[name]) == pytest.approx(float(value), rel=1e-5), name
+    expected = float(0.1 * loss.parts["ce"] + loss.parts["coop"] + loss.parts["vpt"] + 0.3 * loss.parts["ca"])
     assert float(loss.total) == pytest.approx(expected, rel=1e-5)
     assert set(later.parts) == {"ce", "ca"}
-    assert float(later.total) == pytest.approx(later.parts["ce"] + 0.3 * later.parts["ca"], rel=1e-5)
+    assert float(later.total) == pytest.approx(float(later.parts["ce"] + 0.3 * later.parts["ca"]), rel=1e-5)
 
 
 @pytest.mark.parametrize(("variant", "parts"), [("vpt", {"ce"}), ("vlp", {"ce", "coop", "vpt"})])
@@ -265,7 +265,7 @@ def test_guidance_and_aux_weights_are_settings(clip: LoadedClip) -> None:
     method = build(clip, **{"dpt.guidance_epochs": 0, "dpt.aux_weight": 0.0})
     with torch.no_grad():
         loss = method.training_loss(batch(epoch=1))
-    assert set(loss.parts) == {"ce"} and float(loss.total) == pytest.approx(loss.parts["ce"])
+    assert set(loss.parts) == {"ce"} and float(loss.total) == pytest.approx(float(loss.parts["ce"]))
 
 
 def test_training_steps_and_image_embeddings_among(clip: LoadedClip) -> None:

@@ -272,7 +272,7 @@ def test_training_loss_pairs_layers_and_weights_l_fs(student_clip: LoadedClip, p
         else:
             expected += float(image[:, v].mean() - text[:, t].mean()) ** 2
     assert step.extra is not None
-    assert step.extra.parts["fs"] == pytest.approx(expected, rel=1e-4)
+    assert float(step.extra.parts["fs"]) == pytest.approx(expected, rel=1e-4)
     assert float(step.extra.total) == pytest.approx(2.5 * expected, rel=1e-4)
 
 
