@@ -172,7 +172,7 @@ class PromptSRC(Method):
             F.log_softmax(logits.float(), dim=1), F.log_softmax(zs_logits.float(), dim=1),
             reduction="sum", log_target=True,
         ) / logits.numel()
-        parts = {"text": l_text.detach(), "img": l_image.detach(), "kl": l_logits.detach()}
+        parts: dict[str, Tensor | float] = {"text": l_text.detach(), "img": l_image.detach(), "kl": l_logits.detach()}
         return LossOutput(l_text + l_image + l_logits, parts)
 
     # ------------------------------------------------------------------ Gaussian prompt aggregation
