@@ -3,27 +3,19 @@ ImageNet layout, both epochs run end to end and the record is sane. About 15 s o
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 from PIL import Image
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "distill_epoch.py"
+from tests.bench.scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """The script as a module, loaded from its path (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("distill_epoch_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("distill_epoch.py", "distill_epoch_bench")
 
 
 def test_quick_epoch_gives_a_sane_record(bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,27 +4,18 @@ SemPT's KD-vs-T_lbl part is the baseline's loss). A few seconds on 2 CPU cores."
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "sempt_overhead.py"
+from tests.bench.scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """The script as a module, loaded from its path (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("sempt_overhead_bench", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("sempt_overhead.py", "sempt_overhead_bench")
 
 
 def positive(value: float) -> bool:
