@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 from sempt_cli.io import atomic_write_text
 
 JSONL_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-T = TypeVar("T")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -102,23 +100,3 @@ class TrainingLog:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-class TimedIterable(Iterable[T]):
-    """Counts the seconds spent waiting for the next item (the data loader's share of an epoch)."""
-
-    def __init__(self, inner: Iterable[T]) -> None:
-        self.inner = inner
-        self.seconds = 0.0
-
-    def __iter__(self) -> Iterator[T]:
-        iterator = iter(self.inner)
-        while True:
-            started = time.perf_counter()
-            try:
-                item = next(iterator)
-            except StopIteration:
-                self.seconds += time.perf_counter() - started
-                return
-            self.seconds += time.perf_counter() - started
-            yield item
