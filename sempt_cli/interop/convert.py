@@ -15,7 +15,6 @@ official code reads it from.
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +144,7 @@ def import_teacher(
     classnames = all_classnames(settings.data.dataset)
     num_base, _ = split_base_new(len(classnames))
     seen = {"base": classnames[:num_base], "new": classnames[num_base:], "all": classnames}[settings.data.subsample]
-    model = method_constructor(_without_training_targets(get_method(method)))(clip, seen, settings)
+    model = method_constructor(get_method(method))(clip, seen, settings)
     model.load_trainable_state(layout.to_ours(ckpt.state_dict, model.trainable_state(), source=str(ckpt.path)),
                                source=str(ckpt.path))
     warnings += _check_frozen(layout, ckpt, clip, console)
@@ -337,14 +336,6 @@ def _refuse_conflicts(given: Mapping[str, Any], derived: Mapping[str, int], path
         raise SettingsError(f"{path} holds {held}, but {', '.join(clashes)} was given.",
                             "Leave out the prompt and representation flags: an import keeps exactly what the file "
                             "holds.")
-
-
-def _without_training_targets(cls: type[Method]) -> type[Method]:
-    """The method with PromptSRC's frozen 60-template text targets switched off: they only serve training (the
-    learned state is the same) and take minutes for ViT-L/14 × ImageNet on a CPU."""
-    if not getattr(cls, "use_consistency", False):
-        return cls
-    return types.new_class(cls.__name__, (cls,), exec_body=lambda ns: ns.update(use_consistency=False))
 
 
 def _check_frozen(layout: Layout, ckpt: DasslCheckpoint, clip: LoadedClip, console: Console) -> list[str]:
