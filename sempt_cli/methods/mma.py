@@ -36,14 +36,14 @@ Presets: base-to-novel per `scripts/mmadapter/base2new_train.sh` (16 shots, base
 one ImageNet config, `vit_b16_ep5_imnet`). The authors give no few-shot protocol: few-shot runs use the
 base-to-novel hyper-parameters on all classes (not in the paper). The demo world uses the demo student (the
 ViT-B/16 stand-in) with adapters in blocks 2..3 (the official 5..12 are the upper two thirds of 12 blocks; the
-student's text tower has 3).
+student's text tower has 3) and lr 0.05: at the official 0.0015 its 100 steps leave zero-shot accuracy unchanged
+(HM 68.1 either way), at 0.05 HM is 70.2-71.8 over seeds 1-3.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -108,12 +108,14 @@ class MMASettings(SettingsSection):
     )
 
 
-def _tower_adapter(width: int, dim: int) -> nn.Module:
-    """down (Linear + ReLU) then up (Linear), named as the official `_build_adapter` names them."""
-    return nn.Sequential(OrderedDict([
-        ("down", nn.Sequential(nn.Linear(width, dim), nn.ReLU())),
-        ("up", nn.Linear(dim, width)),
-    ]))
+class TowerAdapter(nn.Module):
+    """down (Linear + ReLU) then up (Linear), named as the official `_build_adapter` names them (its state-dict
+    keys are the official ones: `down.0.weight`, `up.weight`, ...)."""
+
+    def __init__(self, width: int, dim: int) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Linear(width, dim), nn.ReLU())
+        self.up = nn.Linear(dim, width)
 
 
 def _init(module: nn.Module) -> None:
@@ -132,7 +134,8 @@ MMA_PRESETS = Presets(
           "data.batch_size": 16, "data.shots": 16, "data.subsample": "base"}),
     Rule({"data.subsample": "all"}, when={"data.setting": ("cross-dataset", "cross-domain", "few-shot")}),
     Rule({"data.batch_size": 128}, when={"data.dataset": _imagenet}),
-    Rule({"model.backbone": DEMO_STUDENT, "mma.start_layer": 2, "mma.end_layer": 3}, when={"demo": True}),
+    Rule({"model.backbone": DEMO_STUDENT, "mma.start_layer": 2, "mma.end_layer": 3, "train.lr": 0.05},
+         when={"demo": True}),
     DEMO_BATCH_AND_CROPS,
 )
 """`vit_b16_ep5.yaml` (SGD 0.0015, 5 epochs, batch 16, cosine, no warm-up; momentum 0.9 and weight decay 5e-4
@@ -173,8 +176,8 @@ class MMA(Method):
         self.scale = config.scale
         device = next(self.backbone.parameters()).device
         dim = config.adapter_dim
-        self.text_adapter = nn.ModuleDict({str(i): _tower_adapter(self.text.width, dim) for i in self.layers})
-        self.visual_adapter = nn.ModuleDict({str(i): _tower_adapter(self.vision.width, dim) for i in self.layers})
+        self.text_adapter = nn.ModuleDict({str(i): TowerAdapter(self.text.width, dim) for i in self.layers})
+        self.visual_adapter = nn.ModuleDict({str(i): TowerAdapter(self.vision.width, dim) for i in self.layers})
         self.shared_adapter = nn.ModuleDict(
             {str(i): nn.Sequential(nn.Linear(dim, dim), nn.ReLU()) for i in self.layers}
         )
@@ -187,7 +190,7 @@ class MMA(Method):
     # ------------------------------------------------------------------ adapters
     def _adapt(self, adapters: nn.ModuleDict, layer: int, x: Tensor) -> Tensor:
         """up(shared(down(x))) · s for official layer index `layer`."""
-        tower = adapters[str(layer)]
+        tower = cast(TowerAdapter, adapters[str(layer)])
         return tower.up(self.shared_adapter[str(layer)](tower.down(x))) * self.scale
 
     def _hooks(self, adapters: nn.ModuleDict, blocks: nn.ModuleList, *,
@@ -195,13 +198,14 @@ class MMA(Method):
         """`before_block`/`after_block` hooks adding the adapter branch of block i (official index i+1), computed
         from the block's input, to the block's output; with `embeddings`, index 0 adapts the block-0 input first."""
         pending: dict[int, Tensor] = {}
+        norms = [cast(nn.Module, block.ln_1) for block in blocks]  # each block's own ln_1, as the official branch
 
         def before(index: int, x: Tensor) -> Tensor | None:
             changed = embeddings and index == 0 and 0 in self.layers
             if changed:
                 x = x + self._adapt(adapters, 0, x)
             if index + 1 in self.layers:
-                branch = blocks[index].ln_1(gradient_scale(x, self.scale))
+                branch = norms[index](gradient_scale(x, self.scale))
                 pending[index] = gradient_scale(self._adapt(adapters, index + 1, branch), 1.0 / self.scale)
             return x if changed else None
 
