@@ -32,6 +32,12 @@ Presets (official configs, `configs/trainers/MaPLe/`):
 * the demo world: the demo student (4 vision / 3 text blocks) stands in for ViT-B/16 as for MMRL, depth 3,
   batch 16, lr 0.01.
 
+Interop (`sempt interop import-teacher | export`, `MAPLE_LAYOUT`): the released base-to-novel checkpoints
+(`<dataset>/base/seed<k>/MultiModalPromptLearner/model.pth.tar-5`) and the scripts' own outputs import as MaPLe
+runs (depth and length read off the tensors, the backbone guessed from the widths: 768/512 is ViT-B/16) and
+export back to the folders the official test scripts read. Our learned tensors carry the official names, so the
+mapping is one to one.
+
 Prompt geometry is the `prompts` section: MaPLe has one depth and one length for both towers, so
 `prompts.vision_depth` must equal `prompts.text_depth` and `prompts.vision_length` equal `prompts.text_length`
 (the presets set both; a mismatch is refused in one sentence).
@@ -54,7 +60,10 @@ Deliberate differences from the official code (README methods table, docs/coming
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +73,7 @@ from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SettingsError
 from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
+from sempt_cli.models.official_layout import Geometry, Layout, TensorRule
 from sempt_cli.models.prompted import PROMPT_STD, ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
 from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
@@ -136,6 +146,75 @@ class PromptFeed(nn.Module):
         return self.read(layer)
 
 
+MODEL_NAME = "MultiModalPromptLearner"
+"""The name MaPLe's trainer registers its model under: the folder its checkpoints sit in."""
+
+CONFIGS = {"base2novel": "vit_b16_c2_ep5_batch4_2ctx", "cross-dataset": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"}
+"""The MaPLe config (`configs/trainers/MaPLe/<cfg>.yaml`) per setting; cross-domain uses the cross-dataset model."""
+
+LEARNER = "prompt_learner."
+CTX, PROJ = f"{LEARNER}ctx", f"{LEARNER}proj"
+DEEP_TEXT, DEEP_PROJECTION = f"{LEARNER}compound_prompts_text", f"{LEARNER}compound_prompt_projections"
+_DEEP_INDEX = re.compile(rf"(?:{re.escape(DEEP_TEXT)}|{re.escape(DEEP_PROJECTION)})\.(\d+)(?:\.weight|\.bias)?$")
+
+
+def maple_folder(dataset: str, setting: str, shots: int, seed: int, epoch: int) -> Path:
+    """Where MaPLe's scripts write (and `--model-dir` reads) a model, relative to its repository root:
+    `scripts/maple/base2new_train_maple.sh` writes `output/base2new/train_base/<dataset>/shots_<k>/MaPLe/<cfg>/
+    seed<s>`, which `base2new_test_maple.sh` loads at `--load-epoch 5`; `xd_train_maple.sh` writes
+    `output/<dataset>/MaPLe/<cfg>_<k>shots/seed<s>`, which `xd_test_maple.sh` loads at `--load-epoch 2`.
+    Few-shot has no official script: such runs go where a base-to-novel run of all classes would (`few_shot/`)."""
+    if setting in ("cross-dataset", "cross-domain"):
+        run = Path("output") / dataset / "MaPLe" / f"{CONFIGS['cross-dataset']}_{shots}shots" / f"seed{seed}"
+    else:
+        task = Path("few_shot") if setting == "few-shot" else Path("base2new") / "train_base"
+        run = Path("output") / task / dataset / f"shots_{shots}" / "MaPLe" / CONFIGS["base2novel"] / f"seed{seed}"
+    return run / MODEL_NAME / f"model.pth.tar-{epoch}"
+
+
+@dataclass(frozen=True)
+class CoupledPromptLayout(Layout):
+    """MaPLe's checkpoint layout. Its names are ours (`prompt_learner.*`, `MultiModalPrompts`), so every rule is
+    one to one; what the generic per-tower stacks cannot say is that one depth and one length serve both towers,
+    the vision side being the projections: depth = 1 + the deep prompt sets, length and text width from `ctx`
+    [n, W_t], vision width from `proj.weight` [W_v, W_t]."""
+
+    def geometry(self, keys_and_shapes: Mapping[str, Tensor], *, official: bool = True) -> Geometry:
+        deep = [int(match.group(1)) for key in keys_and_shapes if (match := _DEEP_INDEX.match(key))]
+        depth = max([2 + index for index in deep] + [1 if CTX in keys_and_shapes else 0])
+        ctx, proj = keys_and_shapes.get(CTX), keys_and_shapes.get(f"{PROJ}.weight")
+        length, text_width = tuple(ctx.shape) if ctx is not None and ctx.dim() == 2 else (0, 0)
+        vision_width = int(proj.shape[0]) if proj is not None and proj.dim() == 2 else 0
+        towers = ("vision", "text")
+        return Geometry(dict.fromkeys(towers, depth), dict.fromkeys(towers, int(length)),
+                        {"vision": vision_width, "text": int(text_width)})
+
+    def rules(self, geometry: Geometry) -> list[TensorRule]:
+        depth = geometry.depths.get("text", 0)
+        names = [CTX, f"{PROJ}.weight", f"{PROJ}.bias"] if depth else []
+        for index in range(depth - 1):
+            names += [f"{DEEP_TEXT}.{index}", f"{DEEP_PROJECTION}.{index}.weight", f"{DEEP_PROJECTION}.{index}.bias"]
+        return [TensorRule(name, name) for name in names]
+
+
+MAPLE_LAYOUT = CoupledPromptLayout(
+    name="MaPLe",
+    kind="teacher",
+    methods=("maple",),
+    stacks=(),
+    marker=f"{PROJ}.",
+    folder=lambda place: maple_folder(place.dataset, place.setting, place.shots, place.seed, place.epoch),
+    frozen=(("image_encoder.", "visual."), ("text_encoder.", ""), ("logit_scale", "logit_scale")),
+    dropped=(f"{LEARNER}token_prefix", f"{LEARNER}token_suffix"),
+    hint="Pass the --backbone it was trained on (ViT-B-16-quickgelu for the official MaPLe).",
+)
+"""MaPLe's `CustomCLIP` (trainers/maple.py) as Dassl saves it: the `MultiModalPromptLearner` (`ctx` [n, 512] and
+`proj` in fp16 under PREC fp16, the deep text prompts [n, 512] and their `Linear(512, 768)` projections in fp32),
+its `token_prefix`/`token_suffix` buffers, which `MaPLe.load_model` deletes, and the whole frozen CLIP
+(`image_encoder.*` = the visual tower, `text_encoder.*` = transformer, positional embedding, ln_final and
+text_projection, `logit_scale`). Files of PromptSRC/IVLP also hold `prompt_learner.ctx`; `proj` tells them apart."""
+
+
 def _nothing(layer: int) -> Tensor | None:
     return None
 
@@ -165,6 +244,7 @@ class MaPLe(Method):
     title = "MaPLe"
     description = "Multi-modal prompt learning: deep text prompts projected into the vision tower (CVPR'23)."
     preset_table = MAPLE_PRESETS
+    official_layout = MAPLE_LAYOUT
     settings_sections = ("prompts",)
 
     def __init__(
