@@ -46,7 +46,8 @@ Deliberate differences from the official code (README methods table, docs/coming
 
 * precision: fp32 master weights under the engine's autocast (`model.precision`). The official PREC fp16 trains
   fp16 `ctx` and `proj` (`self.proj.half()`) with fp32 deep prompts and projections whose outputs are cast to
-  fp16; its PREC fp32 does not run at all (an fp16 `proj` on fp32 `ctx`);
+  fp16; its PREC fp32 does not run at all (an fp16 `proj` on fp32 `ctx`). `--precision fp16` comes closest: the
+  frozen CLIP in the official fp16 layout, fp16 activations, the projections under fp16 autocast;
 * the projection widths are read from the backbone (W_t → W_v) instead of the hard-coded 512 → 768, so other
   backbones and the demo CLIPs work; on ViT-B/16 they are the same;
 * the context initialisation uses `ctx_init` when it has at least n words (the official code: when n ≤ 4); both
