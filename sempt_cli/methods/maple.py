@@ -164,7 +164,8 @@ def maple_folder(dataset: str, setting: str, shots: int, seed: int, epoch: int) 
     `scripts/maple/base2new_train_maple.sh` writes `output/base2new/train_base/<dataset>/shots_<k>/MaPLe/<cfg>/
     seed<s>`, which `base2new_test_maple.sh` loads at `--load-epoch 5`; `xd_train_maple.sh` writes
     `output/<dataset>/MaPLe/<cfg>_<k>shots/seed<s>`, which `xd_test_maple.sh` loads at `--load-epoch 2`.
-    Few-shot has no official script: such runs go where a base-to-novel run of all classes would (`few_shot/`)."""
+    Few-shot has no official script; we put such runs in `output/few_shot/<dataset>/shots_<k>/MaPLe/<cfg>/seed<s>`
+    with the base-to-novel config, whose hyper-parameters they use."""
     if setting in ("cross-dataset", "cross-domain"):
         run = Path("output") / dataset / "MaPLe" / f"{CONFIGS['cross-dataset']}_{shots}shots" / f"seed{seed}"
     else:
