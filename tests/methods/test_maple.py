@@ -5,6 +5,7 @@ the initialisation, the presets and SemPT on top."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sempt_cli.errors import SettingsError
-from sempt_cli.methods.maple import MaPLe
+from sempt_cli.methods.maple import MaPLe, PromptFeed
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
 from sempt_cli.protocol import Batch
@@ -256,3 +257,25 @@ def test_maple_results_sit_beside_the_papers_maple_rows(setting: str, table: str
     [comparison] = build_comparisons(aggregate([record]))
     assert comparison.group.label == "ours: MaPLe (ViT-B/16)"  # a baseline: no 'teacher' role in its label
     assert f"paper: MaPLe (SemPT Table {table})" in [row.label for row in comparison.paper]
+
+
+def test_compiled_step_trains_like_eager(demo_student: LoadedClip, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The towers read MaPLe's prompts through a bound method of the prompt learner: torch.compile traces it."""
+    from sempt_cli.engine import step as step_module
+    from tests.methods.test_compiled_step import _train
+
+    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    classes = [f"class{i}" for i in range(5)]
+    torch.manual_seed(11)
+    eager = MaPLe(copy.deepcopy(demo_student), classes, settings(depth=3))
+    compiled = copy.deepcopy(eager)
+    feed = compiled.text.prompts
+    assert isinstance(feed, PromptFeed)
+    assert getattr(feed.read, "__self__", None) is compiled.prompt_learner  # a copy reads its own prompt learner
+    eager_losses, compiled_losses = _train(eager, False), _train(compiled, True)
+    assert eager_losses[0] != eager_losses[-1]
+    torch.testing.assert_close(torch.tensor(compiled_losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
+    want = {k: v.detach() for k, v in eager.trainable_state().items()}
+    for name, value in compiled.trainable_state().items():
+        torch.testing.assert_close(value.detach(), want[name], rtol=1e-4, atol=1e-5, msg=name)
