@@ -395,8 +395,11 @@ def _result(
 
 
 def _a(name: str) -> str:
-    """The article for a family name as it is read out ("an MMRL", "a PromptSRC/IVLP")."""
-    return f"an {name}" if name[:1] in "AEFHILMNORSX" else f"a {name}"
+    """The article for a family name as it is read out: an initialism letter by letter ("an MMRL"), a name that
+    is a word as a word ("a MaPLe", "a PromptSRC/IVLP")."""
+    if name[:2].isupper():
+        return f"an {name}" if name[:1] in "AEFHILMNORSX" else f"a {name}"
+    return f"an {name}" if name[:1] in "AEIOU" else f"a {name}"
 
 
 def _warn(console: Console, message: str) -> None:

@@ -10,7 +10,7 @@ and writing the files is `interop.dassl`; building models and sidecars is `inter
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,13 +50,21 @@ def layout_for(kind: str, method: str) -> Layout:
     raise WeightsError(f"There is no official checkpoint layout for {method} {kind}s; there is one for {known}.")
 
 
-def detect_layout(state: Mapping[str, Tensor]) -> Layout | None:
-    """Which official family a state dict is from (by its marker keys), if any."""
-    for layout in official_layouts().values():
-        if any(key == layout.marker or (layout.marker.endswith(".") and key.startswith(layout.marker))
-               for key in state):
-            return layout
-    return None
+def detect_layout(state: Mapping[str, Tensor], layouts: Iterable[Layout] | None = None) -> Layout | None:
+    """Which official family a state dict is from, if any: a layout whose marker key it has. Families may share a
+    key (a text context `prompt_learner.ctx` is in more than one trainer's files), so when several markers match,
+    the layout that leaves the fewest of its tensors unaccounted for wins (the first declared on a tie).
+    `layouts` defaults to every declared one."""
+    candidates = [layout for layout in (official_layouts().values() if layouts is None else layouts)
+                  if any(key == layout.marker or (layout.marker.endswith(".") and key.startswith(layout.marker))
+                         for key in state)]
+    return min(candidates, key=lambda layout: _unaccounted(layout, state)) if candidates else None
+
+
+def _unaccounted(layout: Layout, state: Mapping[str, Tensor]) -> int:
+    """How many of `state`'s tensors `layout` has no place for: neither learned, nor frozen, nor dropped."""
+    mapped = {rule.official for rule in layout.rules(layout.geometry(state))}
+    return sum(key not in mapped and key not in layout.dropped and layout.frozen_name(key) is None for key in state)
 
 
 def prompt_keys(vision_depth: int, text_depth: int) -> dict[str, str]:

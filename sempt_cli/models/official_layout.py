@@ -178,7 +178,9 @@ class Layout:
     kind: Kind
     methods: tuple[str, ...]  # our methods whose learned state this layout holds
     stacks: tuple[PromptStack, ...]
-    marker: str  # a key prefix only this family's checkpoints have (tells teacher and student files apart)
+    marker: str
+    """A key (a prefix if it ends in '.') every checkpoint of this family has. Families may share one: a file with
+    several families' markers is the one whose layout accounts for all its tensors (`interop.official`)."""
     folder: Callable[[ExportPlace], Path]
     """Where the official code reads a model of this family from, relative to its repository root: an export
     drops in there."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from sempt_cli.data.demo import ensure_demo_world
 from sempt_cli.errors import SettingsError, WeightsError
-from sempt_cli.interop.convert import ImportResult, import_student, import_teacher
+from sempt_cli.interop.convert import ImportResult, _a, import_student, import_teacher
 from sempt_cli.methods.promptkd import FeatureProjector
 from sempt_cli.models import DEMO_TEACHER, LoadedClip, load_clip, load_learned
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
@@ -201,6 +201,12 @@ def test_student_projector_computes_what_the_official_convs_compute(
     assert meta["kind"] == "student" and meta["teacher_sha256"] == load_learned(imported_teacher.checkpoint).sha256
     assert meta["settings"]["sempt"]["enabled"] is False and meta["classnames"] == \
         load_learned(imported_teacher.checkpoint).metadata["classnames"]
+
+
+def test_family_names_are_read_out_with_the_right_article() -> None:
+    """An initialism is read letter by letter, a name that is a word as a word."""
+    assert [_a(name) for name in ("MMRL", "SRC", "PromptKD student", "Ocelot", "Mongoose", "Falcon")] == \
+        ["an MMRL", "an SRC", "a PromptKD student", "an Ocelot", "a Mongoose", "a Falcon"]
 
 
 def test_files_of_the_other_kind_are_told_apart(root: Path, official_teacher: tuple[Path, dict[str, Tensor]],

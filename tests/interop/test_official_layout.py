@@ -10,11 +10,17 @@ from torch import Tensor
 
 from sempt_cli.errors import WeightsError
 from sempt_cli.interop.convert import ImportResult
-from sempt_cli.interop.official import dataset_from_path, layout_for, official_layouts, official_prompt_keys
+from sempt_cli.interop.official import (
+    dataset_from_path,
+    detect_layout,
+    layout_for,
+    official_layouts,
+    official_prompt_keys,
+)
 from sempt_cli.methods.promptkd import PROMPTKD_STUDENT
 from sempt_cli.methods.promptsrc import PROMPTSRC_TEACHER, official_folder
 from sempt_cli.models import load_learned
-from sempt_cli.models.official_layout import Geometry
+from sempt_cli.models.official_layout import Geometry, Layout, PromptStack, TensorRule
 from sempt_cli.protocol import get_method, method_names
 
 
@@ -126,3 +132,21 @@ def test_layouts_are_the_ones_methods_declare() -> None:
     assert declared["coop"] is None  # CoOp's own trainer names its tensors otherwise
     with pytest.raises(WeightsError, match="no official checkpoint layout for coop"):
         layout_for("teacher", "coop")
+
+
+def test_a_shared_marker_key_goes_to_the_layout_that_accounts_for_the_file() -> None:
+    """Two families whose files both hold the marker key: the one that has a place for every tensor wins, whatever
+    the declaration order; on a tie the first declared one; a file with no marker is no family's."""
+    context = PromptStack("text", "learner.ctx", "learner.deep.{}")
+    plain = Layout(name="Plain", kind="teacher", methods=("plain",), stacks=(context,), marker="learner.ctx",
+                   folder=lambda place: Path("plain"), dropped=("learner.token_prefix",))
+    headed = Layout(name="Headed", kind="teacher", methods=("headed",), stacks=(context,), marker="learner.ctx",
+                    folder=lambda place: Path("headed"), fixed=(TensorRule("head.weight", "learner.head.weight"),))
+    with_head = {"learner.ctx": torch.zeros(2, 8), "learner.deep.1": torch.zeros(2, 8),
+                 "learner.head.weight": torch.zeros(3, 8)}
+    assert detect_layout(with_head, [plain, headed]) is headed
+    assert detect_layout(with_head, [headed, plain]) is headed
+    without = {"learner.ctx": torch.zeros(2, 8), "learner.token_prefix": torch.zeros(3, 1, 8)}
+    assert detect_layout(without, [plain, headed]) is plain  # Headed has no place for the dropped buffer
+    assert detect_layout({"learner.ctx": torch.zeros(2, 8)}, [headed, plain]) is headed  # a tie: first declared
+    assert detect_layout({"other.ctx": torch.zeros(2, 8)}, [plain, headed]) is None
