@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from sempt_cli.errors import SemptError, SettingsError
 from sempt_cli.models.checkpoint import check_state, learned_state_dict
+from sempt_cli.models.official_layout import Layout
 from sempt_cli.plugins import load_plugins
 from sempt_cli.presets import Presets
 from sempt_cli.settings import Settings, SettingsSection, register_section
@@ -151,6 +152,9 @@ class Method(nn.Module, ABC):
     subclasses that are presets of a method inherit it."""
     preset_table: ClassVar[Presets] = Presets()
     """Its official hyper-parameters per setting, dataset and backbone, as data (`sempt_cli.presets`)."""
+    official_layout: ClassVar[Layout | None] = None
+    """How its official code's checkpoints name its learned tensors, if it has one (`sempt interop` imports and
+    exports every declared layout). Subclasses inherit it: one that learns other tensors sets its own, or None."""
     image_side_needs_classes: bool = False
     """True when image embeddings depend on the candidate classes (DPT's class-aware visual prompts): evaluation
     then encodes images once per class list with `image_embeddings_among`. Per instance (DPT without CAVPT

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sempt_cli import __version__
-from sempt_cli.cli.app import app
+from sempt_cli.cli.app import COMMANDS, app
 
 runner = CliRunner()
 
@@ -31,12 +31,39 @@ def test_version() -> None:
 def test_help_lists_only_commands_that_exist() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    registered = {c.name for c in app.registered_commands if not c.hidden} | {g.name for g in app.registered_groups}
+    registered = {c.name for c in COMMANDS if not c.hidden}
     for name in registered:
         assert name in result.output
+    assert "reproduce-job" not in result.output  # hidden
     for name in ("gen-attributes", "distill", "ablate"):
         if name not in registered:
             assert name not in result.output
+
+
+def test_help_summaries_are_the_commands_own_help() -> None:
+    """Each summary read from the source without importing it is the built command's own first paragraph."""
+    for lazy in COMMANDS:
+        command = lazy.load()
+        assert command.name == lazy.name and command.hidden == lazy.hidden
+        first = " ".join((command.help or "").split("\n\n")[0].split())
+        assert lazy.summary() == first, lazy.name
+
+
+def test_top_level_help_and_version_do_not_load_torch() -> None:
+    """Building a command imports every method plug-in (its flags come from them): the root help must not."""
+    code = ("import sys; from sempt_cli.cli.app import app\n"
+            "for args in (['--help'], ['--version']):\n"
+            "    try: app(args)\n"
+            "    except SystemExit: pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Commands" in out and out.strip().endswith("False")
+
+
+def test_a_lazy_command_runs_and_reports_errors_in_one_line() -> None:
+    result = runner.invoke(app, ["train-teacher", "--method", "nope"])
+    assert result.exit_code != 0
+    assert "Unknown method 'nope'" in str(result.exception or result.output)
 
 
 def test_config_show_reports_sources() -> None:

@@ -38,12 +38,12 @@ def import_teacher(
     method: Annotated[
         str | None,
         typer.Option("--method", show_default=False,
-                     help="promptsrc or ivlp (same prompts) for PromptSRC/IVLP files, mmrl for MMRL files "
-                          "(default: the file's family; promptsrc for PromptSRC/IVLP)."),
+                     help="The method the file is from (default: the family its keys show; promptsrc for "
+                          "PromptSRC/IVLP files, whose prompts ivlp shares)."),
     ] = None,
     out: _OUT = None,
 ) -> None:
-    """Import an official PromptSRC/IVLP checkpoint (PromptKD's teacher) or MMRL checkpoint as a sempt teacher.
+    """Import an official checkpoint (PromptSRC/IVLP, PromptKD's teacher; MMRL; any method's declared layout).
 
     Prompt depth and length (MMRL: tokens, d_r, start layer) come from the file; the backbone is guessed from the
     token widths (ViT-L-14-quickgelu or ViT-B-16-quickgelu, OpenAI weights), and the dataset, setting, shots and

@@ -182,6 +182,13 @@ def user_entries() -> dict[str, UserEntry]:
     return dict(_entries(str(folder), _signature(folder)))
 
 
+def split_identity(name: str) -> str:
+    """The sha256 of a registered dataset's split file ("" for the benchmark datasets): what run keys add, so a
+    dataset re-registered under the same name with other images (`data add --force`) never reuses older runs."""
+    entry = user_entries().get(name)
+    return entry.split_sha256 if entry is not None else ""
+
+
 def write_entry(entry: UserEntry) -> Path:
     """Write `<name>.toml` atomically (the commit point of `data add`: the split file is written before)."""
     path = entry_path(entry.name)

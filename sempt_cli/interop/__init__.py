@@ -1,5 +1,5 @@
-"""Interoperability with the official PromptSRC / IVLP / PromptKD / MMRL code: use their checkpoints, hand results
-back.
+"""Interoperability with the official code of every method that declares an official checkpoint layout
+(PromptSRC / IVLP / PromptKD / MMRL ...): use their checkpoints, hand results back.
 
 Python API::
 
@@ -13,9 +13,11 @@ Python API::
     mmrl = import_teacher("output/base2new/train_base/eurosat/shots_16/MMRL/vit_b16/seed1/"
                           "MultiModalRepresentationLearner/model.pth.tar-10")  # method "mmrl", from the file's keys
 
-Modules: `official` (the name and shape tables, pure), `dassl` (reading and writing the `.pth.tar` files without
-trusting pickle), `convert` (models, settings and sidecars); MMRL is one more table in `official`
-(`MMRL_TEACHER`). Importing this package is cheap; the functions load torch-heavy modules on first use.
+Modules: `official` (the layouts methods declare in their own files as `official_layout`, and the official folder
+names), `dassl` (reading and writing the `.pth.tar` files without trusting pickle), `convert` (models, settings and
+sidecars). A new method's official checkpoints become importable by declaring its `Layout`
+(`sempt_cli.models.official_layout`) in its own file. Importing this package is cheap; the functions load
+torch-heavy modules on first use.
 """
 
 from __future__ import annotations
@@ -27,28 +29,24 @@ from sempt_cli.lazy import lazy_exports
 if TYPE_CHECKING:
     from sempt_cli.interop.convert import ExportResult, ImportResult, export_official, import_student, import_teacher
     from sempt_cli.interop.dassl import read_dassl_checkpoint, write_dassl_checkpoint
-    from sempt_cli.interop.official import LAYOUTS, MMRL_TEACHER, PROMPTKD_STUDENT, PROMPTSRC_TEACHER, Layout
+    from sempt_cli.interop.official import official_layouts
 
 __getattr__ = lazy_exports(__name__, {
     "sempt_cli.interop.convert": (
         "ExportResult", "ImportResult", "export_official", "import_student", "import_teacher",
     ),
     "sempt_cli.interop.dassl": ("read_dassl_checkpoint", "write_dassl_checkpoint"),
-    "sempt_cli.interop.official": ("LAYOUTS", "Layout", "MMRL_TEACHER", "PROMPTKD_STUDENT", "PROMPTSRC_TEACHER"),
+    "sempt_cli.interop.official": ("official_layouts",),
 })
 
 
 __all__ = [
-    "LAYOUTS",
-    "MMRL_TEACHER",
-    "PROMPTKD_STUDENT",
-    "PROMPTSRC_TEACHER",
     "ExportResult",
     "ImportResult",
-    "Layout",
     "export_official",
     "import_student",
     "import_teacher",
+    "official_layouts",
     "read_dassl_checkpoint",
     "write_dassl_checkpoint",
 ]

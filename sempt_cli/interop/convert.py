@@ -33,25 +33,20 @@ from sempt_cli.engine.runtime import seed_everything
 from sempt_cli.errors import SettingsError, WeightsError
 from sempt_cli.interop.dassl import DasslCheckpoint, read_dassl_checkpoint, write_dassl_checkpoint
 from sempt_cli.interop.official import (
-    LAYOUTS,
-    MMRL_TEACHER,
-    PROMPTKD_STUDENT,
-    PROMPTSRC_TEACHER,
-    Geometry,
-    Layout,
     dataset_from_path,
     detect_layout,
     layout_for,
-    mmrl_folder,
-    official_folder,
+    official_layouts,
     run_from_path,
     shallow_teacher_warning,
 )
 from sempt_cli.methods import Method, get_method
-from sempt_cli.methods.promptkd import PromptKD
+from sempt_cli.methods.promptkd import PROMPTKD_STUDENT, PromptKD
+from sempt_cli.methods.promptsrc import PROMPTSRC_TEACHER
 from sempt_cli.models.checkpoint import checkpoint_paths, load_learned, save_learned
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
+from sempt_cli.models.official_layout import ExportPlace, Geometry, Layout
 from sempt_cli.models.record import RunRecord
 from sempt_cli.pipeline.backbone import load_backbone
 from sempt_cli.pipeline.distill import resolve_distill_settings
@@ -126,7 +121,7 @@ def import_teacher(
     file. `out` defaults to a run folder under `paths.output_dir`; `clip` reuses an already loaded backbone (it
     must be the one the settings name)."""
     console = console or Console(stderr=True)
-    teachers = [layout for layout in LAYOUTS.values() if layout.kind == "teacher"]
+    teachers = [layout for layout in official_layouts().values() if layout.kind == "teacher"]
     if method is not None and not any(method in layout.methods for layout in teachers):
         known = ", ".join(f"{' or '.join(layout.methods)} ({layout.name})" for layout in teachers)
         raise SettingsError(f"Official teacher checkpoints import as {known}, not {method!r}.")
@@ -236,7 +231,7 @@ def import_student(
 
 
 def export_official(checkpoint: str | Path, out: str | Path | None = None) -> ExportResult:
-    """Write a sempt teacher (PromptSRC/IVLP, MMRL) or student (PromptKD) checkpoint as an official Dassl file.
+    """Write a sempt teacher or student checkpoint as an official Dassl file, in its method's `official_layout`.
 
     Only the learned tensors are written, under their official names, as fp32 (the official loaders delete
     `token_prefix`/`token_suffix`/`prompt_embeddings` and load with strict=False into their own fp16/fp32
@@ -250,11 +245,9 @@ def export_official(checkpoint: str | Path, out: str | Path | None = None) -> Ex
                            "official counterpart.", "Export the plain run (--no-sempt) instead.")
     state = layout.to_official(ckpt.tensors, source=str(ckpt.path))
     epoch = int((meta.imported_from or {}).get("epoch") or meta.settings["train"]["epochs"])
-    if layout is MMRL_TEACHER:
-        data = meta.settings["data"]
-        relative = mmrl_folder(meta.dataset, meta.setting, int(data["shots"]), int(data["seed"]), epoch)
-    else:
-        relative = official_folder(meta.dataset, meta.setting, layout.kind, epoch)
+    data = meta.settings["data"]
+    relative = layout.folder(ExportPlace(meta.dataset, meta.setting, layout.kind, int(data["shots"]),
+                                         int(data["seed"]), epoch))
     if out is None:
         target = ckpt.path.parent / "official" / relative
     else:
@@ -279,8 +272,8 @@ def _read(path: str | Path, *layouts: Layout) -> tuple[DasslCheckpoint, Layout]:
         raise WeightsError(f"{ckpt.path} is {_a(found.name)} checkpoint, not {_a(wanted)} one.",
                            f"Import it with {how}.")
     raise WeightsError(f"{ckpt.path} holds no {wanted} tensors (no {' or '.join(t.marker for t in layouts)}).",
-                       "Official PromptSRC, IVLP and MMRL teachers and PromptKD students can be imported; MaPLe, "
-                       "MMRL++ and other methods' files cannot.")
+                       f"sempt imports official {', '.join(official_layouts())} files; other methods' files "
+                       "cannot be imported.")
 
 
 def _teacher_settings(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +42,7 @@ from sempt_cli.data.registry import get_dataset_info, label_space
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
+from sempt_cli.models.official_layout import Layout, PromptStack, TensorRule
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Computed, Presets, Rule
 from sempt_cli.protocol import Batch, Classifier, LossOutput, Method, TrainingForward, register_method
@@ -153,6 +155,52 @@ per-dataset λ and d_r; ImageNet 5 epochs at batch 32. The demo world's stand-in
 attributes (see `methods.common`)."""
 
 
+MMRL_MODEL_NAME = "MultiModalRepresentationLearner"
+"""MMRL's `register_model` name since commit f6ad5e6 (before: `MultiModalPromptLearner`, spec §6.15)."""
+
+MMRL_CONFIGS = {"base2novel": "vit_b16", "few-shot": "vit_b16_few_shot", "cross-dataset": "vit_b16_cross_datasets"}
+"""The MMRL config (`configs/trainers/MMRL/<cfg>.yaml`) per setting; ImageNet uses `vit_b16_imagenet` in B2N and FS."""
+
+
+def mmrl_folder(dataset: str, setting: str, shots: int, seed: int, epochs: int) -> Path:
+    """Where MMRL's scripts write (and `--model-dir` reads) a model, relative to its repository root (spec §5):
+    `load_model(<dir>)` takes `<dir>/MultiModalRepresentationLearner/model-best.pth*`, else a `model.pth*`."""
+    if setting in ("cross-dataset", "cross-domain"):  # trained on ImageNet, in a folder named base2new all the same
+        cfg = MMRL_CONFIGS["cross-dataset"]
+    else:
+        cfg = "vit_b16_imagenet" if dataset == "imagenet" else MMRL_CONFIGS.get(setting, MMRL_CONFIGS["base2novel"])
+    task = Path("few_shot") if setting == "few-shot" else Path("base2new") / "train_base"
+    return Path("output") / task / dataset / f"shots_{shots}" / "MMRL" / cfg / f"seed{seed}" / MMRL_MODEL_NAME / \
+        f"model.pth.tar-{epochs}"
+
+
+def _aligners(tower: str, official: str) -> PromptStack:
+    """One tower's MMRL aligners: Linear i (weight [width, d_r], bias) feeds the i-th block from the start layer."""
+    deep = f"representation_learner.compound_rep_tokens_{official}.{{}}"
+    return PromptStack(tower, deep.format(0), deep, f"space.{tower}.{{}}", parts=(".weight", ".bias"))
+
+
+MMRL_TEACHER = Layout(
+    name="MMRL",
+    kind="teacher",
+    methods=("mmrl",),
+    stacks=(_aligners("vision", "r2vproj"), _aligners("text", "r2tproj")),
+    marker="representation_learner.",
+    folder=lambda place: mmrl_folder(place.dataset, place.setting, place.shots, place.seed, place.epoch),
+    space=TensorRule("space.tokens", "representation_learner.compound_rep_tokens"),
+    fixed=(TensorRule("proj_rep", "image_encoder.proj_rep"),),
+    frozen=(("image_encoder.", "visual."), ("text_encoder.", "")),  # no logit_scale: CustomCLIP keeps no CLIP
+    dropped=("prompt_embeddings",),
+    learned=("representation_learner.", "image_encoder.proj_rep"),  # the official `names_to_update`
+    sections=("mmrl",),
+    hint="Pass the --backbone it was trained on (ViT-B-16-quickgelu for the official MMRL).",
+)
+"""MMRL's `CustomCLIP` (trainers/mmrl.py, spec §1.2–§1.5): `representation_learner.compound_rep_tokens` [K, d_r],
+`representation_learner.compound_rep_tokens_r2vproj.{i}` / `..._r2tproj.{i}` (`nn.Linear(d_r, width)` for
+`REP_LAYERS[i]`, i.e. ours `space.<tower>.{i}`), `image_encoder.proj_rep` [768, 512] (clip/model_mmrl.py), the
+whole frozen CLIP, and the `prompt_embeddings` buffer [C, 77, 512] that `MMRL.load_model` deletes."""
+
+
 @register_method
 class MMRL(Method):
     """Shared representation tokens in both encoders, class and representation heads, decoupled inference."""
@@ -161,6 +209,7 @@ class MMRL(Method):
     title = "MMRL"
     options = MMRLSettings
     preset_table = MMRL_PRESETS
+    official_layout = MMRL_TEACHER
     settings_sections = ("mmrl",)
     description = "Multi-modal representation learning: shared space projected into upper blocks (CVPR'25)."
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,9 @@ from torch import Tensor, nn
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
 from sempt_cli.methods.common import IVLP_DEMO_RULES
+from sempt_cli.methods.promptsrc import DASSL_MODEL_NAME, VISION
 from sempt_cli.models.factory import LoadedClip
+from sempt_cli.models.official_layout import Layout, batchnorm_rules, conv1x1_rules
 from sempt_cli.models.prompted import PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
 from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, contiguous_block, register_method
@@ -95,6 +98,23 @@ PROMPTKD_PRESETS = Presets(
 """Official PromptKD configs (§3.4): all training images of all classes, unlabelled; batch 8, lr 0.005."""
 
 
+PROMPTKD_STUDENT = Layout(
+    name="PromptKD student",
+    kind="student",
+    methods=("promptkd",),
+    stacks=(VISION,),
+    marker="VPT_image_trans.",
+    folder=lambda place: Path(DASSL_MODEL_NAME) / "model-best.pth.tar",
+    fixed=(*conv1x1_rules("projector.fc1", "VPT_image_trans.conv1.0"),
+           *batchnorm_rules("projector.bn", "VPT_image_trans.conv1.1"),
+           *conv1x1_rules("projector.fc2", "VPT_image_trans.conv1.3")),
+    frozen=(("image_encoder.", "visual."), ("logit_scale", "logit_scale")),
+    hint="Pass the --backbone it was trained on (ViT-B-16-quickgelu for PromptKD students).",
+)
+"""PromptKD's student `CustomCLIP`: ViT-B/16 visual prompts + `Feature_Trans_Module_two_layer` (Conv 1×1 → BN →
+ReLU → Conv 1×1, spec §3.2)."""
+
+
 @register_method
 class PromptKD(Method):
     """Student visual prompts + projector distilled from a prompted teacher's logits."""
@@ -104,6 +124,7 @@ class PromptKD(Method):
     role = "student"
     options = PromptKDSettings
     preset_table = PROMPTKD_PRESETS
+    official_layout = PROMPTKD_STUDENT
     settings_sections = ("prompts", "promptkd")
     supervised = False
     description = "Unsupervised prompt distillation from a PromptSRC teacher (CVPR'24)."

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -30,12 +31,15 @@ import torch.nn.functional as F
 from pydantic import ConfigDict, Field
 from torch import Tensor
 
+from sempt_cli.data.registry import get_dataset_info
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.schedule import gaussian_aggregation_weights
+from sempt_cli.errors import SettingsError
 from sempt_cli.methods.common import IVLP_DEMO_RULES, template_ensemble
 from sempt_cli.methods.templates import IMAGENET_TEMPLATES
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
+from sempt_cli.models.official_layout import Kind, Layout, PromptStack
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
 from sempt_cli.protocol import Batch, LossOutput, Method, Role, TrainingForward, register_method
@@ -77,6 +81,48 @@ PROMPTSRC_PRESETS = Presets(
 (`IVLP_DEMO_RULES`) GPA is centred at 3/4 of the 10 epochs, as 15 of 20."""
 
 
+DASSL_MODEL_NAME = "VLPromptLearner"
+"""The name PromptSRC and PromptKD register their model under: the folder their checkpoints sit in."""
+
+
+def official_folder(dataset: str, setting: str, kind: Kind, epochs: int) -> Path:
+    """Where the official code looks for a model (relative to its repository root), so an export drops in."""
+    if kind == "student":
+        return Path(DASSL_MODEL_NAME) / "model-best.pth.tar"
+    if dataset == "imagenet" and setting == "cross-dataset":
+        return Path("teacher_model") / "ImageNet-xd" / f"{DASSL_MODEL_NAME}_large" / f"model.pth.tar-{epochs}"
+    try:
+        name = get_dataset_info(dataset).dassl_name
+    except KeyError:
+        raise SettingsError(f"Unknown dataset {dataset!r} in the checkpoint's sidecar.") from None
+    return Path("teacher_model") / name / DASSL_MODEL_NAME / "model-best.pth.tar"
+
+
+VISION = PromptStack("vision", "image_encoder.VPT", "image_encoder.transformer.resblocks.{}.VPT_shallow")
+TEXT = PromptStack("text", "prompt_learner.ctx", "text_encoder.transformer.resblocks.{}.VPT_shallow")
+
+PROMPTSRC_TEACHER = Layout(
+    name="PromptSRC/IVLP",
+    kind="teacher",
+    methods=("promptsrc", "ivlp"),
+    stacks=(VISION, TEXT),
+    marker="prompt_learner.ctx",
+    folder=lambda place: official_folder(place.dataset, place.setting, place.kind, place.epoch),
+    frozen=(
+        ("image_encoder.", "visual."),
+        ("prompt_learner.ZS_image_encoder.", "visual."),  # PromptSRC's prompt-free copy of the image tower
+        ("text_encoder.", ""),  # transformer.*, positional_embedding, ln_final.*, text_projection
+        ("logit_scale", "logit_scale"),
+    ),
+    dropped=("prompt_learner.token_prefix", "prompt_learner.token_suffix",
+             "prompt_learner.token_prefix2", "prompt_learner.token_suffix2"),
+    hint="Pass the --backbone it was trained on (ViT-L-14-quickgelu for PromptKD teachers, ViT-B-16-quickgelu for "
+         "PromptSRC B/16 teachers).",
+)
+"""PromptSRC and IVLP teachers (`CustomCLIP` of trainers/promptsrc.py and independentVL.py), which is also what
+PromptKD loads as its teacher (`CustomCLIP_teacher`)."""
+
+
 @register_method
 class PromptSRC(Method):
     """Deep vision+text prompts with self-regulating constraints and Gaussian prompt aggregation."""
@@ -86,6 +132,7 @@ class PromptSRC(Method):
     role: ClassVar[Role] = "teacher"  # declared wide: RESTORE, a subclass, is a baseline
     options: ClassVar[type[SettingsSection] | None] = PromptSRCSettings  # and has its own section
     preset_table = PROMPTSRC_PRESETS
+    official_layout: ClassVar[Layout | None] = PROMPTSRC_TEACHER
     settings_sections = ("prompts", "promptsrc")
     description = "IVLP prompts + self-regulating consistency losses + Gaussian prompt aggregation (ICCV'23)."
     use_consistency: ClassVar[bool] = True
@@ -238,6 +285,7 @@ class CoOp(IVLP):
     name = "coop"
     title = "CoOp"
     description = "Learnable text context at the input layer only (IJCV'22)."
+    official_layout = None  # CoOp's own trainer saves `prompt_learner` alone, under other names
     preset_table = PROMPTSRC_PRESETS.extended(Rule(
         {"prompts.vision_depth": 0, "prompts.text_depth": 1, "prompts.text_length": 16, "prompts.ctx_init": None}
     ))
@@ -250,4 +298,5 @@ class VPT(IVLP):
     name = "vpt"
     title = "VPT"
     description = "Deep visual prompt tuning; text side is frozen CLIP with the 'a photo of a' template."
+    official_layout = None
     preset_table = PROMPTSRC_PRESETS.extended(Rule({"prompts.text_depth": 0, "prompts.vision_length": 10}))

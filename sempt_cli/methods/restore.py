@@ -234,6 +234,7 @@ class Restore(IVLP):
     role = "baseline"
     options = RestoreSettings
     preset_table = RESTORE_PRESETS
+    official_layout = None  # IVLP's layout without RESTORE's own parts: no official file holds it
     settings_sections = ("prompts", "restore")
     description = "IVLP prompts + cross-modal feature-shift consistency + shift-guided surgery adapters (ECCV'24)."
 

@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from sempt_cli import __version__
 from sempt_cli.data.transforms import clip_test_transform, clip_train_transform
+from sempt_cli.data.user import split_identity
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.distributed import DistContext, init_distributed
 from sempt_cli.engine.evaluate import metrics_from_counts, score_views, views_for
@@ -72,13 +73,15 @@ def resolve_with_preset(
 
 
 def run_key(method_name: str, settings: Settings, identity: str | None, sections: Sequence[str]) -> str:
-    """Hash of everything that determines the trained parameters: the job's `sections` of the settings."""
+    """Hash of everything that determines the trained parameters: the job's `sections` of the settings, and for a
+    dataset registered with `sempt data add`, its split file (benchmark datasets' keys are unchanged by it)."""
     dumped = settings.model_dump(mode="json")
     relevant = {
         section: {k: v for k, v in dumped[section].items() if (section, k) not in NOT_RESULT_AFFECTING}
         for section in sections
     }
-    return stable_hash(method_name, relevant, identity, length=12)
+    split = split_identity(settings.data.dataset)
+    return stable_hash(method_name, relevant, identity, *([f"split:{split}"] if split else []), length=12)
 
 
 def run_sections(method_name: str, sempt: bool) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from sempt_cli.data.check import check_data_root
 from sempt_cli.data.registry import all_classnames, canonical_dataset_name, get_dataset_info
 from sempt_cli.data.user import DATASETS_DIR_ENV, split_path
 from sempt_cli.errors import DatasetError, SettingsError
+from sempt_cli.pipeline.runs import run_key
 from sempt_cli.settings import load_settings
 
 BIRDS = {"blue_jay": 6, "cardinal": 5, "robin": 7, "wren": 4}
@@ -224,6 +225,20 @@ def test_reregistering_other_data_needs_force(birds: Path, registry: Path) -> No
     _refused(registry, "already registered", "birds", birds, shots=2)
     assert {p: p.read_bytes() for p in _written(registry)} == before
     assert len(add_dataset("birds", birds, shots=2, force=True).entry.classnames) == 5
+
+
+def test_run_keys_follow_the_registered_split(birds: Path) -> None:
+    """Runs on a dataset re-registered with other images (`--force`) are keyed apart from the old ones; benchmark
+    datasets' keys do not depend on any registration."""
+    add_dataset("birds", birds, shots=2)
+    settings = load_settings({"data.dataset": "birds"}, env={}).settings
+    benchmark = load_settings({"data.dataset": "oxford_pets"}, env={}).settings
+    before, pets = run_key("coop", settings, None, ("data",)), run_key("coop", benchmark, None, ("data",))
+    assert run_key("coop", settings, None, ("data",)) == before  # stable while the split is
+    fabricate_image_folder(birds, {"finch": 4}, start=300)
+    add_dataset("birds", birds, shots=2, force=True)
+    assert run_key("coop", settings, None, ("data",)) != before
+    assert run_key("coop", benchmark, None, ("data",)) == pets
 
 
 def _manifest(root: Path, lines: list[str], name: str = "labels.csv") -> Path:

@@ -19,15 +19,10 @@ from sempt_cli.data.demo import ensure_demo_world
 from sempt_cli.errors import SettingsError, WeightsError
 from sempt_cli.interop.convert import ImportResult, export_official, import_student, import_teacher
 from sempt_cli.interop.dassl import read_dassl_checkpoint
-from sempt_cli.interop.official import (
-    MMRL_TEACHER,
-    RepresentationGeometry,
-    dataset_from_path,
-    mmrl_folder,
-    run_from_path,
-)
-from sempt_cli.methods.mmrl import MMRL
+from sempt_cli.interop.official import dataset_from_path, run_from_path
+from sempt_cli.methods.mmrl import MMRL, MMRL_TEACHER, mmrl_folder
 from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip, load_learned, save_learned
+from sempt_cli.models.official_layout import RepresentationGeometry
 from sempt_cli.pipeline.evaluation import evaluate_checkpoint
 from sempt_cli.pipeline.runs import load_teacher
 from sempt_cli.settings import load_settings

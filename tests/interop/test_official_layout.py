@@ -10,15 +10,12 @@ from torch import Tensor
 
 from sempt_cli.errors import WeightsError
 from sempt_cli.interop.convert import ImportResult
-from sempt_cli.interop.official import (
-    PROMPTKD_STUDENT,
-    PROMPTSRC_TEACHER,
-    Geometry,
-    dataset_from_path,
-    official_folder,
-    official_prompt_keys,
-)
+from sempt_cli.interop.official import dataset_from_path, layout_for, official_layouts, official_prompt_keys
+from sempt_cli.methods.promptkd import PROMPTKD_STUDENT
+from sempt_cli.methods.promptsrc import PROMPTSRC_TEACHER, official_folder
 from sempt_cli.models import load_learned
+from sempt_cli.models.official_layout import Geometry
+from sempt_cli.protocol import get_method, method_names
 
 
 def test_teacher_names_are_the_specs() -> None:
@@ -115,3 +112,17 @@ def test_frozen_copies_and_buffers_are_recognised_not_imported(official_teacher:
     assert PROMPTSRC_TEACHER.frozen_name("text_encoder.transformer.resblocks.1.VPT_shallow") is None
     assert "prompt_learner.token_suffix" in PROMPTSRC_TEACHER.dropped
     assert imported_teacher.dropped == len(state) - len(ours)
+
+
+def test_layouts_are_the_ones_methods_declare() -> None:
+    """`sempt interop` knows a family only through a registered method's `official_layout` (one file per method)."""
+    declared = {name: get_method(name).official_layout for name in method_names()}
+    layouts = official_layouts()
+    assert {layout.name for layout in declared.values() if layout is not None} == set(layouts)
+    assert {"PromptSRC/IVLP", "PromptKD student", "MMRL"} <= set(layouts)
+    for name, layout in declared.items():
+        if layout is not None:
+            assert name in layout.methods, f"{name} declares {layout.name}, whose methods are {layout.methods}"
+    assert declared["coop"] is None  # CoOp's own trainer names its tensors otherwise
+    with pytest.raises(WeightsError, match="no official checkpoint layout for coop"):
+        layout_for("teacher", "coop")

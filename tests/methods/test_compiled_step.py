@@ -1,7 +1,7 @@
 """`train.compile` on real methods (demo-size CLIP, random weights): the compiled step of PromptSRC (train-teacher),
-PromptKD and SemPT on PromptKD trains like the eager step, and no method reads a loss value back inside its
-step (a `float(tensor)` would be a host synchronisation per step and a graph break). torch.compile runs with
-the "aot_eager" backend (graph capture and AOTAutograd without a C++ compiler)."""
+PromptKD, SemPT on PromptKD, MMRL, DPT and RESTORE trains like the eager step, and no method reads a loss value
+back inside its step (a `float(tensor)` would be a host synchronisation per step and a graph break). torch.compile
+runs with the "aot_eager" backend (graph capture and AOTAutograd without a C++ compiler)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from torch._dynamo.utils import counters
 from sempt_cli.engine import step as step_module
 from sempt_cli.engine.step import compile_step
 from sempt_cli.engine.trainer import _LossModule
+from sempt_cli.methods.dpt import DPT
+from sempt_cli.methods.mmrl import MMRL
 from sempt_cli.methods.promptkd import PromptKD, TeacherSignals
 from sempt_cli.methods.promptsrc import PromptSRC
+from sempt_cli.methods.restore import Restore
 from sempt_cli.methods.sempt import AttributeBank, SemPT
 from sempt_cli.models import DEMO_STUDENT, LoadedClip
 from sempt_cli.protocol import Batch, Method
@@ -52,6 +55,24 @@ def sempt(clip: LoadedClip) -> Method:
     return SemPT(base, SemptHyperParameters(num_descriptions=4), bank, ())
 
 
+def mmrl(clip: LoadedClip) -> Method:
+    return MMRL(clip, CLASSES, load_settings({"model.backbone": DEMO_STUDENT, "mmrl.start_layer": 2}, env={}).settings)
+
+
+def dpt(clip: LoadedClip) -> Method:
+    """Full DPT (class-aware visual prompts and the K-way head) without the warm-up, so every loss term runs."""
+    settings = load_settings({"model.backbone": DEMO_STUDENT, "prompts.vision_depth": 2, "prompts.vision_length": 3,
+                              "prompts.text_depth": 1, "prompts.text_length": 4, "dpt.guidance_epochs": 0},
+                             env={}).settings
+    return DPT(clip, CLASSES, settings)
+
+
+def restore(clip: LoadedClip) -> Method:
+    settings = load_settings({"model.backbone": DEMO_STUDENT, "prompts.vision_depth": 2, "prompts.text_depth": 2},
+                             env={}).settings
+    return Restore(clip, CLASSES, settings)
+
+
 def _train(method: Method, compiled: bool, steps: int = 3) -> list[float]:
     module = compile_step(_LossModule(method), "compile" if compiled else "off")
     optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
@@ -72,7 +93,8 @@ def _train(method: Method, compiled: bool, steps: int = 3) -> list[float]:
     return losses
 
 
-@pytest.mark.parametrize("build", [promptsrc, promptkd, sempt], ids=["promptsrc", "promptkd", "sempt"])
+@pytest.mark.parametrize("build", [promptsrc, promptkd, sempt, mmrl, dpt, restore],
+                         ids=["promptsrc", "promptkd", "sempt", "mmrl", "dpt", "restore"])
 def test_compiled_step_trains_like_eager(demo_student: LoadedClip, build: Callable[[LoadedClip], Method],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
