@@ -17,6 +17,12 @@ hyper-parameters as data (`preset_table`), and implements
   images do not come from its training distribution: MMRL's decoupled inference),
 * `matching_embeddings(image_embeddings)` — the part of an image embedding compared with class embeddings by
   cosine (all of it, unless a method carries more than one image feature, as MMRL does),
+* `class_side_needs_images` + `class_embeddings_for(image_embeddings, classnames)` — class embeddings that depend
+  on the image (a text context shifted per image): [B, C, D], one set per image, which `logits` scores row by row
+  (`TrainingForward.class_embeddings` may then be [B, C, D] too). Such a method has no image-free class
+  embedding, so it may refuse `class_embeddings(classnames)` with one sentence; what needs one (`sempt embed`, a
+  PromptKD teacher's class vectors) then stops there, while evaluation and SemPT go through
+  `class_embeddings_for` and `class_embedding_dim`,
 * optional hooks at the end of an epoch / of training (e.g. PromptSRC's Gaussian prompt aggregation),
 * `presets(...)` — its official hyper-parameters per evaluation setting (its `preset_table` resolved), applied
   below user settings.
@@ -88,7 +94,8 @@ class TrainingForward:
     labels, KD against a teacher, ...); `extra` holds the terms that do not go through that classifier (e.g.
     PromptSRC's consistency losses). A wrapper can therefore score the same image embeddings against other
     class embeddings and apply the method's own loss to them, without running the encoders twice (which would
-    also update BatchNorm statistics twice).
+    also update BatchNorm statistics twice). `class_embeddings` is [C, D], or [B, C, D] for a method whose class
+    side depends on the image (`Method.class_side_needs_images`).
     """
 
     image_embeddings: Tensor
@@ -152,6 +159,9 @@ class Method(nn.Module, ABC):
     """True when image embeddings depend on the candidate classes (DPT's class-aware visual prompts): evaluation
     then encodes images once per class list with `image_embeddings_among`. Per instance (DPT without CAVPT
     and a wrapper such as SemPT set their own), so not a ClassVar."""
+    class_side_needs_images: bool = False
+    """True when class embeddings depend on the image (CoCoOp-style conditional context): `class_embeddings_for`
+    then gives [B, C, D] and `classifier` computes them per image batch. Per instance, like the flag above."""
     unused_parameters: bool = False
     """True when some trainable parameter can get no gradient in a training step (DPT's K-way head when no ground
     truth is among the top classes): DistributedDataParallel must then look for unused parameters, an extra
@@ -183,7 +193,17 @@ class Method(nn.Module, ABC):
 
     @abstractmethod
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
-        """L2-normalised text-side embeddings [C, D] for any class list (base, novel, another dataset)."""
+        """L2-normalised text-side embeddings [C, D] for any class list (base, novel, another dataset); a method
+        with `class_side_needs_images` may refuse (see the module docstring)."""
+
+    def class_embeddings_for(self, image_embeddings: Tensor, classnames: Sequence[str]) -> Tensor:
+        """Class embeddings as the images of `image_embeddings` [B, D'] see them: [B, C, D] when
+        `class_side_needs_images`, else `class_embeddings(classnames)` [C, D], the same for every image."""
+        return self.class_embeddings(classnames)
+
+    def class_embedding_dim(self) -> int:
+        """D, the width of the class embeddings (what a wrapper sizes its layers by), known without an image."""
+        return int(self.class_embeddings(self.train_classnames[:1]).shape[-1])
 
     @abstractmethod
     def image_embeddings(self, images: Tensor) -> Tensor:
@@ -198,7 +218,11 @@ class Method(nn.Module, ABC):
         return torch.tensor(100.0)
 
     def logits(self, image_embeddings: Tensor, class_embeddings: Tensor) -> Tensor:
-        """Inference rule; cosine similarity times CLIP's (frozen) logit scale unless a method says otherwise."""
+        """Inference rule; cosine similarity times CLIP's (frozen) logit scale unless a method says otherwise.
+        `class_embeddings` is [C, D], or [B, C, D] per image (`class_embeddings_for`)."""
+        if class_embeddings.dim() == 3:
+            return self.logit_scale() * torch.einsum("bd,bcd->bc", image_embeddings,
+                                                     class_embeddings.to(image_embeddings.dtype))
         return self.logit_scale() * image_embeddings @ class_embeddings.t().to(image_embeddings.dtype)
 
     def matching_embeddings(self, image_embeddings: Tensor) -> Tensor:
@@ -209,7 +233,12 @@ class Method(nn.Module, ABC):
         """The inference rule for `classnames`, with the class side computed once (not once per image batch).
 
         `in_domain` says the images come from the dataset the method was trained on (False for cross-dataset
-        targets and the ImageNet variants)."""
+        targets and the ImageNet variants). With `class_side_needs_images` the class side is computed per image
+        batch (`class_embeddings_for`)."""
+        if self.class_side_needs_images:
+            names = list(classnames)
+            return lambda image_embeddings: self.logits(image_embeddings,
+                                                        self.class_embeddings_for(image_embeddings, names))
         embeddings = self.class_embeddings(classnames)
         return lambda image_embeddings: self.logits(image_embeddings, embeddings)
 

@@ -19,7 +19,10 @@ description embeddings of every class:
 `T_enh` depends on the image, so a naive implementation materialises [B, N, 2d] and runs the MLP on it. The
 first layer is linear (spec §6): `W [T_lbl; Â] = W_l T_lbl + Σ_j w_ij (W_a T_atr[i,j])`, so `W_l T_lbl` [N, h]
 and `W_a T_atr` [N, S, h] are projected once per step (once per evaluation) and only weighted per image;
-classes are processed in chunks so that memory stays bounded for N = 1000 (`enhanced_logits`).
+classes are processed in chunks so that memory stays bounded for N = 1000 (`enhanced_logits`). A wrapped method
+whose class embeddings depend on the image (`Method.class_side_needs_images`) gives T_lbl per image, [B, N, d]:
+the factorisation still holds, `W_l T_lbl` is then [B, N, h] (projected once per batch), and only the attribute
+side is projected once per evaluation.
 `enhanced_embeddings_naive` is the formula as written, kept as the reference the tests and the benchmark
 compare against.
 """
@@ -71,13 +74,14 @@ def semantic_weights(image: Tensor, attributes: Tensor, top_k: int, tau: float) 
 
 
 class ProjectedClasses(NamedTuple):
-    """The first fusion layer applied to the class side: `W_l T_lbl + b` [n, h] and `W_a T_atr` [n, S, h]."""
+    """The first fusion layer applied to the class side: `W_l T_lbl + b` [n, h] (or per image [B, n, h]) and
+    `W_a T_atr` [n, S, h]."""
 
     labels: Tensor
     attributes: Tensor
 
     def select(self, rows: slice) -> ProjectedClasses:
-        return ProjectedClasses(self.labels[rows], self.attributes[rows])
+        return ProjectedClasses(self.labels[..., rows, :], self.attributes[rows])
 
 
 class AttributeFusion(nn.Module):
@@ -95,9 +99,17 @@ class AttributeFusion(nn.Module):
 
     def project(self, labels: Tensor, attributes: Tensor) -> ProjectedClasses:
         """The first layer split along its input: the class side, computed once for all images."""
+        return ProjectedClasses(self.project_labels(labels), self.project_attributes(attributes))
+
+    def project_labels(self, labels: Tensor) -> Tensor:
+        """`W_l T_lbl + b`: [n, h], or [B, n, h] for per-image T_lbl."""
         weight = self.fc1.weight
-        label_part = F.linear(labels.to(weight.dtype), weight[:, : self.dim], self.fc1.bias)
-        return ProjectedClasses(label_part, F.linear(attributes.to(weight.dtype), weight[:, self.dim :]))
+        return F.linear(labels.to(weight.dtype), weight[:, : self.dim], self.fc1.bias)
+
+    def project_attributes(self, attributes: Tensor) -> Tensor:
+        """`W_a T_atr` [n, S, h]."""
+        weight = self.fc1.weight
+        return F.linear(attributes.to(weight.dtype), weight[:, self.dim :])
 
     def finish(self, hidden: Tensor) -> Tensor:
         """Everything after the first layer's pre-activation."""
@@ -107,7 +119,8 @@ class AttributeFusion(nn.Module):
 def enhanced_embeddings_naive(
     image: Tensor, labels: Tensor, attributes: Tensor, fusion: AttributeFusion, alpha: float, top_k: int, tau: float
 ) -> Tensor:
-    """T_enh [B, n, d] exactly as spec §2–3 write it: Â materialised, concatenated with T_lbl, fused."""
+    """T_enh [B, n, d] exactly as spec §2–3 write it: Â materialised, concatenated with T_lbl ([n, d], or per image
+    [B, n, d]), fused."""
     aligned = torch.einsum("bns,nsd->bnd", semantic_weights(image, attributes, top_k, tau), attributes.to(image.dtype))
     pairs = torch.cat([labels.to(aligned.dtype).expand_as(aligned), aligned], dim=-1)
     return F.normalize((1 - alpha) * labels + alpha * fusion(pairs), dim=-1)
@@ -126,13 +139,14 @@ def enhanced_logits(
     projected: ProjectedClasses | None = None,
     chunk_elements: int = CHUNK_ELEMENTS,
 ) -> Tensor:
-    """`scale · <v_b, T_enh_i(v_b)>` [B, n] by the factorised first layer, in class chunks.
+    """`scale · <v_b, T_enh_i(v_b)>` [B, n] by the factorised first layer, in class chunks; `labels` is T_lbl
+    [n, d], or per image [B, n, d].
 
     When gradients are needed and there is more than one chunk, each chunk is recomputed in the backward pass
     (activation checkpointing), so training memory is bounded like evaluation memory."""
     if projected is None:
         projected = fusion.project(labels, attributes)
-    batch, classes = image.shape[0], labels.shape[0]
+    batch, classes = image.shape[0], labels.shape[-2]
     width = max(int(projected.labels.shape[-1]), int(labels.shape[-1]))
     step = max(1, chunk_elements // max(1, batch * width))
 
@@ -149,7 +163,7 @@ def enhanced_logits(
     for start in range(0, classes, step):
         rows = slice(start, start + step)
         part = projected.select(rows)
-        args = (image, labels[rows], attributes[rows], part.labels, part.attributes)
+        args = (image, labels[..., rows, :], attributes[rows], part.labels, part.attributes)
         pieces.append(checkpoint(chunk_logits, *args, use_reentrant=False) if recompute else chunk_logits(*args))
     return scale * torch.cat(pieces, dim=1)
 
@@ -209,6 +223,7 @@ class SemPT(Method):
     ) -> None:
         super().__init__(base.train_classnames)
         self.image_side_needs_classes = base.image_side_needs_classes
+        self.class_side_needs_images = base.class_side_needs_images
         self.unused_parameters = base.unused_parameters
         if dim is None:
             if attributes is None:
@@ -239,6 +254,13 @@ class SemPT(Method):
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
         """T_lbl: the wrapped method's own class embeddings."""
         return self.base.class_embeddings(classnames)
+
+    def class_embeddings_for(self, image_embeddings: Tensor, classnames: Sequence[str]) -> Tensor:
+        """T_lbl as the images see it ([B, C, D] when the wrapped method's class side depends on the image)."""
+        return self.base.class_embeddings_for(image_embeddings, classnames)
+
+    def class_embedding_dim(self) -> int:
+        return self.base.class_embedding_dim()
 
     def parameter_groups(self) -> list[ParameterGroup]:
         """The wrapped method's groups unchanged, the fusion MLP joining the first at the default `train.*` rates (a
@@ -311,7 +333,7 @@ class SemPT(Method):
         if not unseen:
             raise SemptError("Every class is seen, so there is nothing to calibrate.")
         reference = self.base.classifier(unseen)(image_embeddings)
-        labels = self.class_embeddings(unseen)
+        labels = self.class_embeddings_for(image_embeddings, unseen)
         attributes = self._attributes_for(unseen).to(labels.device)
         enhanced = self.enhanced_logits(self.matching_embeddings(image_embeddings), labels, attributes)
         return reference.float(), enhanced.float()
@@ -321,16 +343,31 @@ class SemPT(Method):
 
     def classifier(self, classnames: Sequence[str], *, in_domain: bool = True) -> Classifier:
         """Seen classes by the wrapped method's own rule (against T_lbl), unseen ones against T_enh, in one logit
-        matrix (so they can compete). The wrapped rule is prepared only if some class uses it."""
+        matrix (so they can compete). The wrapped rule is prepared only if some class uses it. When T_lbl depends
+        on the image, it and its projection are computed per image batch; the attribute side still once."""
         chosen = self.uses_enhanced(classnames)
         if not bool(chosen.any()):
             return self.base.classifier(classnames, in_domain=in_domain)
         base = None if bool(chosen.all()) else self.base.classifier(classnames, in_domain=in_domain)
-        labels = self.class_embeddings(classnames)
-        enhanced = chosen.nonzero().flatten().to(labels.device)
-        all_rows = self._attributes_for(classnames).to(labels.device)
-        chosen_labels, chosen_attributes = labels[enhanced], all_rows[enhanced]
-        projected = self.fusion.project(chosen_labels, chosen_attributes)
+        if self.class_side_needs_images:
+            device = self.fusion.fc1.weight.device
+            enhanced = chosen.nonzero().flatten().to(device)
+            chosen_attributes = self._attributes_for(classnames).to(device)[enhanced]
+            names = [classnames[i] for i in enhanced.tolist()]
+            attribute_part = self.fusion.project_attributes(chosen_attributes)
+
+            def side(image: Tensor) -> tuple[Tensor, ProjectedClasses]:
+                labels = self.class_embeddings_for(image, names)
+                return labels, ProjectedClasses(self.fusion.project_labels(labels), attribute_part)
+        else:
+            labels = self.class_embeddings(classnames)
+            enhanced = chosen.nonzero().flatten().to(labels.device)
+            all_rows = self._attributes_for(classnames).to(labels.device)
+            chosen_labels, chosen_attributes = labels[enhanced], all_rows[enhanced]
+            projected = self.fusion.project(chosen_labels, chosen_attributes)
+
+            def side(image: Tensor) -> tuple[Tensor, ProjectedClasses]:
+                return chosen_labels, projected
         calibration = None
         if base is not None and self.hyper.inference == "calibrated":  # only where the two groups compete
             if self.calibration is None:
@@ -338,7 +375,8 @@ class SemPT(Method):
             calibration = self.calibration
 
         def logits(image: Tensor) -> Tensor:
-            scores = self.enhanced_logits(self.matching_embeddings(image), chosen_labels, chosen_attributes, projected)
+            labels, projected = side(image)
+            scores = self.enhanced_logits(self.matching_embeddings(image), labels, chosen_attributes, projected)
             if base is None:
                 return scores
             if calibration is not None:

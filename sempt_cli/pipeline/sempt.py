@@ -146,7 +146,7 @@ def apply_sempt(
     are loaded only if some class needs T_enh (training always does; hybrid evaluation only for unseen
     classes), from `file_for(dataset)` or else `attribute_file`."""
     seen = source.seen_in(dataset)
-    dim = int(method.class_embeddings(list(classnames)[:1]).shape[-1])
+    dim = method.class_embedding_dim()
     needs_descriptions = (training or settings.sempt.inference not in ("hybrid", "calibrated")
                           or not set(classnames) <= set(seen))
     locate = file_for or (lambda name: attribute_file(name, settings, explicit=training))
