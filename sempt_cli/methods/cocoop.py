@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS
+from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS, PerClassList
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.prompted import CLASS_CHUNK, PROMPT_STD, ClassPrompts, PromptedTextTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
@@ -143,8 +143,7 @@ class CoCoOp(Method):
         ])).to(device)
         self.embedding_dim = vis_dim
         self.sequence_budget = SEQUENCE_BUDGET
-        self.train_prompts = self.class_prompts(self.train_classnames)
-        self._other_prompts: dict[tuple[str, ...], ClassPrompts] = {}
+        self.prompts = PerClassList(self.class_prompts, self.train_classnames)
         self._chunk_cache: dict[tuple[tuple[str, ...], int], list[_Chunk]] = {}
 
     # ------------------------------------------------------------------ prompts
@@ -152,23 +151,13 @@ class CoCoOp(Method):
         """'{prefix} {class}.' tokenised, with "_" in class names read as spaces (official)."""
         return self.text.build_prompts([f"{self.prefix} {name.replace('_', ' ')}." for name in classnames])
 
-    def _prompts_for(self, classnames: Sequence[str]) -> ClassPrompts:
-        key = tuple(classnames)
-        if list(key) == self.train_classnames:
-            return self.train_prompts
-        if key not in self._other_prompts:
-            if len(self._other_prompts) >= 4:
-                self._other_prompts.pop(next(iter(self._other_prompts)))
-            self._other_prompts[key] = self.class_prompts(classnames)
-        return self._other_prompts[key]
-
     def _chunks_for(self, classnames: Sequence[str], size: int) -> list[_Chunk]:
         """The class list's prompts in chunks of `size`, built once per class list and size."""
         key = (tuple(classnames), size)
         if key not in self._chunk_cache:
             if len(self._chunk_cache) >= 4:
                 self._chunk_cache.pop(next(iter(self._chunk_cache)))
-            self._chunk_cache[key] = _chunks(self._prompts_for(classnames), size)
+            self._chunk_cache[key] = _chunks(self.prompts(classnames), size)
         return self._chunk_cache[key]
 
     def shifted_context(self, image_embeddings: Tensor) -> Tensor:

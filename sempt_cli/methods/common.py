@@ -1,9 +1,11 @@
-"""What several method files share: the frozen template ensemble and the demo-world preset rules of IVLP-style
-prompts. Anything here is used by at least two methods; a method's own helpers stay in its file."""
+"""What several method files share: the frozen template ensemble, tokenised prompts per class list, and the
+demo-world preset rules of IVLP-style prompts. Anything here is used by at least two methods; a method's own
+helpers stay in its file."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -24,6 +26,34 @@ def template_ensemble(clip: LoadedClip, classnames: Sequence[str], templates: Se
             total = features if total is None else total + features
     assert total is not None
     return total / len(templates)
+
+
+T = TypeVar("T")
+
+CACHED_CLASS_LISTS = 4
+"""Class lists kept besides the training one: evaluation asks for the same few again and again (base, novel, all,
+a transfer target)."""
+
+
+class PerClassList(Generic[T]):
+    """A value built once per class list (tokenised prompts: tokenising 1000 names costs ~40 ms per call): the
+    training list's for good (`train`), `CACHED_CLASS_LISTS` others first in, first out."""
+
+    def __init__(self, build: Callable[[Sequence[str]], T], train_classnames: Sequence[str]) -> None:
+        self._build = build
+        self._train_key = tuple(train_classnames)
+        self.train = build(train_classnames)
+        self._others: dict[tuple[str, ...], T] = {}
+
+    def __call__(self, classnames: Sequence[str]) -> T:
+        key = tuple(classnames)
+        if key == self._train_key:
+            return self.train
+        if key not in self._others:
+            if len(self._others) >= CACHED_CLASS_LISTS:
+                self._others.pop(next(iter(self._others)))
+            self._others[key] = self._build(key)
+        return self._others[key]
 
 
 DEMO_BATCH_AND_CROPS = Rule({"data.batch_size": 16, "data.crop_scale_min": 0.8}, when={"demo": True})

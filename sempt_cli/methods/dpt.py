@@ -56,12 +56,11 @@ from torch import Tensor, nn
 from sempt_cli.data.registry import get_dataset_info
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS, template_ensemble
+from sempt_cli.methods.common import CACHED_CLASS_LISTS, DEMO_BATCH_AND_CROPS, PerClassList, template_ensemble
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.prompted import (
     PROMPT_STD,
-    ClassPrompts,
     DeepPrompts,
     PromptedTextTower,
     PromptedVisionTower,
@@ -70,9 +69,6 @@ from sempt_cli.models.prompted import (
 from sempt_cli.presets import Computed, PresetContext, Presets, Rule
 from sempt_cli.protocol import Batch, LossOutput, Method, ParameterGroup, TrainingForward, register_method
 from sempt_cli.settings import Settings, SettingsSection
-
-CACHED_CLASS_LISTS = 4
-"""Class lists whose tokenised prompts / frozen / prompted text features are kept (train, base, novel, all)."""
 
 FEW_SHOT_60_EPOCHS = {"caltech101", "oxford_pets"}
 """Datasets whose 16-shot DPT run stops at 60 epochs instead of 100 (§IV-A)."""
@@ -335,8 +331,7 @@ class DPT(Method):
         if self.variant != "vpt":
             self.text = PromptedTextTower(self.backbone, PromptSpec(prompts.text_depth, prompts.text_length),
                                           ctx_init=prompts.ctx_init, tokenizer=clip.tokenizer)
-            self.train_prompts = self.text.class_prompts(self.train_classnames)
-        self._other_prompts: dict[tuple[str, ...], ClassPrompts] = {}
+            self.prompts = PerClassList(self.text.class_prompts, self.train_classnames)
         self._frozen: dict[tuple[str, ...], Tensor] = {}
         self._prompted: dict[tuple[str, ...], tuple[tuple[tuple[int, int], ...], Tensor]] = {}
         self.register_buffer("frozen_text", self._frozen_features(self.train_classnames), persistent=False)
@@ -378,7 +373,7 @@ class DPT(Method):
 
     def training_forward(self, batch: Batch) -> TrainingForward:
         labels = batch.labels
-        raw_text = self.text.encode(self.train_prompts) if self.text is not None else None
+        raw_text = self.text.encode(self.prompts.train) if self.text is not None else None
         text = F.normalize(raw_text, dim=-1) if raw_text is not None else self.frozen_text
         beta, guidance_epochs = self.guidance
         guided = guidance_epochs > 0 and batch.epoch <= guidance_epochs  # epoch 0: before training
@@ -451,24 +446,12 @@ class DPT(Method):
             features = self.cache.get_or_compute("template-ensemble", inputs, compute)[0]["features"]
         return F.normalize(features.float(), dim=-1).to(self.backbone.logit_scale.device)
 
-    def _prompts_for(self, classnames: Sequence[str]) -> ClassPrompts:
-        """Tokenised prompts, built once per class list."""
-        assert self.text is not None
-        key = tuple(classnames)
-        if list(key) == self.train_classnames:
-            return self.train_prompts
-        if key not in self._other_prompts:
-            if len(self._other_prompts) >= CACHED_CLASS_LISTS:
-                self._other_prompts.pop(next(iter(self._other_prompts)))
-            self._other_prompts[key] = self.text.class_prompts(classnames)
-        return self._other_prompts[key]
-
     def _prompted_text(self, classnames: Sequence[str]) -> Tensor:
         """Unnormalised prompted text features [C, D]. Without gradients they are kept per class list until a
         text prompt changes (its version counter or storage), so evaluation encodes the classes once, not once
         per image batch (the class-aware prompts need them for every batch)."""
         assert self.text is not None
-        prompts = self._prompts_for(classnames)
+        prompts = self.prompts(classnames)
         if torch.is_grad_enabled():
             return self.text.encode(prompts)
         key = tuple(classnames)

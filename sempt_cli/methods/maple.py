@@ -72,16 +72,13 @@ from torch import Tensor, nn
 
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SettingsError
-from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS
+from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS, PerClassList
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.official_layout import Geometry, Layout, TensorRule
-from sempt_cli.models.prompted import PROMPT_STD, ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
+from sempt_cli.models.prompted import PROMPT_STD, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
 from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
 from sempt_cli.settings import Settings
-
-CACHED_CLASS_LISTS = 4
-"""Class lists whose tokenised prompts are kept (train, base, novel, all)."""
 
 MAPLE_PRESETS = Presets(
     Rule({"train.optimizer": "sgd", "train.lr": 0.0035, "train.epochs": 5, "data.batch_size": 4,
@@ -266,19 +263,7 @@ class MaPLe(Method):
         if self.text.ctx_init_vectors is not None:  # "a photo of a": ctx starts as the embeddings of its first words
             with torch.no_grad():
                 self.prompt_learner.ctx.copy_(self.text.ctx_init_vectors)
-        self.train_prompts = self.text.class_prompts(self.train_classnames)
-        self._other_prompts: dict[tuple[str, ...], ClassPrompts] = {}
-
-    def _prompts_for(self, classnames: Sequence[str]) -> ClassPrompts:
-        """Tokenised prompts, built once per class list."""
-        key = tuple(classnames)
-        if list(key) == self.train_classnames:
-            return self.train_prompts
-        if key not in self._other_prompts:
-            if len(self._other_prompts) >= CACHED_CLASS_LISTS:
-                self._other_prompts.pop(next(iter(self._other_prompts)))
-            self._other_prompts[key] = self.text.class_prompts(classnames)
-        return self._other_prompts[key]
+        self.prompts = PerClassList(self.text.class_prompts, self.train_classnames)
 
     # ------------------------------------------------------------------ protocol
     def logit_scale(self) -> Tensor:
@@ -288,7 +273,7 @@ class MaPLe(Method):
         return F.normalize(self.vision(images), dim=-1)
 
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
-        return F.normalize(self.text.encode(self._prompts_for(classnames)), dim=-1)
+        return F.normalize(self.text.encode(self.prompts(classnames)), dim=-1)
 
     def training_forward(self, batch: Batch) -> TrainingForward:
         text = self.class_embeddings(self.train_classnames)

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from sempt_cli.data.registry import label_space
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
-from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS
+from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS, PerClassList
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.prompted import BlockHook, ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
@@ -184,8 +184,7 @@ class MMA(Method):
         for adapters in (self.text_adapter, self.visual_adapter, self.shared_adapter):
             _init(adapters)
             adapters.to(device)
-        self.train_prompts = self.text.class_prompts(self.train_classnames)
-        self._other_prompts: dict[tuple[str, ...], ClassPrompts] = {}
+        self.prompts = PerClassList(self.text.class_prompts, self.train_classnames)
 
     # ------------------------------------------------------------------ adapters
     def _adapt(self, adapters: nn.ModuleDict, layer: int, x: Tensor) -> Tensor:
@@ -226,16 +225,6 @@ class MMA(Method):
             pieces.append(self.text.forward_features(chunk, before_block=(before,), after_block=(after,)).features)
         return torch.cat(pieces)
 
-    def _prompts_for(self, classnames: Sequence[str]) -> ClassPrompts:
-        key = tuple(classnames)
-        if list(key) == self.train_classnames:
-            return self.train_prompts
-        if key not in self._other_prompts:
-            if len(self._other_prompts) >= 4:
-                self._other_prompts.pop(next(iter(self._other_prompts)))
-            self._other_prompts[key] = self.text.class_prompts(classnames)
-        return self._other_prompts[key]
-
     # ------------------------------------------------------------------ protocol
     def logit_scale(self) -> Tensor:
         return self.backbone.logit_scale.exp()
@@ -246,7 +235,7 @@ class MMA(Method):
         return F.normalize(features, dim=-1)
 
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
-        return F.normalize(self._text_features(self._prompts_for(classnames)), dim=-1)
+        return F.normalize(self._text_features(self.prompts(classnames)), dim=-1)
 
     def training_forward(self, batch: Batch) -> TrainingForward:
         text = self.class_embeddings(self.train_classnames)

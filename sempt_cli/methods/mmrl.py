@@ -41,6 +41,7 @@ from sempt_cli.data.records import prompt_name
 from sempt_cli.data.registry import get_dataset_info, label_space
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.errors import SemptError
+from sempt_cli.methods.common import PerClassList
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.official_layout import Layout, PromptStack, TensorRule
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
@@ -241,7 +242,7 @@ class MMRL(Method):
             self.text.num_layers - self.first_block,
         ).to(device)
         self.proj_rep = nn.Parameter(torch.randn(self.vision.width, self.dim, device=device) * self.vision.width**-0.5)
-        self.train_prompts = self._prompts(self.train_classnames)
+        self.prompts = PerClassList(self._prompts, self.train_classnames)
         self._frozen_text: Tensor | None = None  # t̂⁰, needed by training only: encoded on first use
 
     # ------------------------------------------------------------------ encoders
@@ -271,7 +272,7 @@ class MMRL(Method):
         """t̂⁰: frozen CLIP's text features of the training classes (same template), the text regulariser's target."""
         if self._frozen_text is None:
             with torch.no_grad():
-                self._frozen_text = F.normalize(self._text_features(self.train_prompts, None).float(), dim=-1)
+                self._frozen_text = F.normalize(self._text_features(self.prompts.train, None).float(), dim=-1)
         return self._frozen_text
 
     # ------------------------------------------------------------------ protocol
@@ -288,7 +289,7 @@ class MMRL(Method):
         return image_embeddings[..., : self.dim]
 
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
-        prompts = self.train_prompts if list(classnames) == self.train_classnames else self._prompts(classnames)
+        prompts = self.prompts(classnames)
         _, text_tokens = self.space()
         return F.normalize(self._text_features(prompts, text_tokens), dim=-1)
 
@@ -315,7 +316,7 @@ class MMRL(Method):
 
     def training_forward(self, batch: Batch) -> TrainingForward:
         vision_tokens, text_tokens = self.space()
-        text = F.normalize(self._text_features(self.train_prompts, text_tokens), dim=-1)
+        text = F.normalize(self._text_features(self.prompts.train, text_tokens), dim=-1)
         class_feature, representation = self._image_features(batch.images, vision_tokens)
         image = F.normalize(class_feature, dim=-1)
         representation = F.normalize(representation, dim=-1)

@@ -35,12 +35,12 @@ from sempt_cli.data.registry import get_dataset_info
 from sempt_cli.engine.cache import TensorCache
 from sempt_cli.engine.schedule import gaussian_aggregation_weights
 from sempt_cli.errors import SettingsError
-from sempt_cli.methods.common import IVLP_DEMO_RULES, template_ensemble
+from sempt_cli.methods.common import IVLP_DEMO_RULES, PerClassList, template_ensemble
 from sempt_cli.methods.templates import IMAGENET_TEMPLATES
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.official_layout import Kind, Layout, PromptStack
-from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
+from sempt_cli.models.prompted import PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
 from sempt_cli.protocol import Batch, LossOutput, Method, Role, TrainingForward, register_method
 from sempt_cli.settings import Settings, SettingsSection
@@ -154,8 +154,7 @@ class PromptSRC(Method):
             self.backbone, PromptSpec(prompts.text_depth, prompts.text_length), ctx_init=prompts.ctx_init,
             tokenizer=clip.tokenizer,
         )
-        self.train_prompts = self.text.class_prompts(self.train_classnames)
-        self._other_prompts: dict[tuple[str, ...], ClassPrompts] = {}
+        self.prompts = PerClassList(self.text.class_prompts, self.train_classnames)
         self._cache = cache
         self._frozen_text: Tensor | None = None  # training only: encoded on first use (see frozen_text)
         self._aggregate: dict[str, Tensor] | None = None
@@ -168,18 +167,7 @@ class PromptSRC(Method):
         return F.normalize(self.vision(images), dim=-1)
 
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
-        return F.normalize(self.text.encode(self._prompts_for(classnames)), dim=-1)
-
-    def _prompts_for(self, classnames: Sequence[str]) -> ClassPrompts:
-        """Tokenised prompts, built once per class list (tokenising 1000 names costs ~40 ms per call)."""
-        key = tuple(classnames)
-        if list(key) == self.train_classnames:
-            return self.train_prompts
-        if key not in self._other_prompts:
-            if len(self._other_prompts) >= 4:
-                self._other_prompts.pop(next(iter(self._other_prompts)))
-            self._other_prompts[key] = self.text.class_prompts(classnames)
-        return self._other_prompts[key]
+        return F.normalize(self.text.encode(self.prompts(classnames)), dim=-1)
 
     def training_forward(self, batch: Batch) -> TrainingForward:
         text = self.class_embeddings(self.train_classnames)

@@ -258,10 +258,10 @@ class Restore(IVLP):
         return F.normalize(self.encode_images(images).features, dim=-1)
 
     def class_embeddings(self, classnames: Sequence[str]) -> Tensor:
-        return F.normalize(self.encode_text(self._prompts_for(classnames)).features, dim=-1)
+        return F.normalize(self.encode_text(self.prompts(classnames)).features, dim=-1)
 
     def training_forward(self, batch: Batch) -> TrainingForward:
-        text = self.encode_text(self.train_prompts)
+        text = self.encode_text(self.prompts.train)
         image = self.encode_images(batch.images)
 
         def cross_entropy(logits: Tensor) -> LossOutput:

@@ -89,7 +89,7 @@ def test_context_follows_the_official_ctx_init_rule(demo_student: LoadedClip) ->
     ids = demo_student.tokenizer(["a photo of a"])
     with torch.no_grad():
         torch.testing.assert_close(method.ctx, demo_student.model.token_embedding(ids[0, 1:5]))
-    assert method.train_prompts.texts == ["a photo of a cat.", "a photo of a golden retriever.",
+    assert method.prompts.train.texts == ["a photo of a cat.", "a photo of a golden retriever.",
                                           "a photo of a bird.", "a photo of a sea turtle.", "a photo of a fire truck."]
     random = CoCoOp(demo_student, CLASSES, settings(**{"prompts.ctx_init": "", "prompts.text_length": 8}))
     assert random.n_ctx == 8 and random.prefix == " ".join(["X"] * 8)

@@ -80,7 +80,7 @@ def test_cavpt_inserts_k_n_tokens_at_the_configured_blocks(clip: LoadedClip, lay
         seen[-index - 1] = h  # block outputs under negative keys
 
     with torch.no_grad():
-        raw = method.text(method.train_prompts)
+        raw = method.text(method.prompts.train)
         with source.conditioned(raw[top]):
             out = method.vision.forward_features(x, before_block=[before], after_block=[after])
         first = BLOCKS - layers

@@ -174,7 +174,7 @@ def test_initialisation_follows_the_official_prompt_learner(demo_teacher: Loaded
     ids = demo_teacher.tokenizer(["a photo of a"])[0]
     with torch.no_grad():
         torch.testing.assert_close(learner.ctx, demo_teacher.model.token_embedding(ids[1:3]))  # "a photo"
-    assert method.train_prompts.texts == ["a photo of a cat.", "a photo of a dog.", "a photo of a sea lion."]
+    assert method.prompts.train.texts == ["a photo of a cat.", "a photo of a dog.", "a photo of a sea lion."]
     first, *others = [module.state_dict() for module in learner.compound_prompt_projections]
     assert others and all(torch.equal(first[key], other[key]) for other in others for key in ("weight", "bias"))
     deep = torch.cat([p.detach().flatten() for p in learner.compound_prompts_text])
@@ -182,7 +182,7 @@ def test_initialisation_follows_the_official_prompt_learner(demo_teacher: Loaded
     without = settings(depth=3)
     without = without.model_copy(update={"prompts": without.prompts.model_copy(update={"ctx_init": None})})
     random = MaPLe(demo_teacher, CLASSES, without)
-    assert random.train_prompts.texts is not None and random.train_prompts.texts[0] == "X X cat."
+    assert random.prompts.train.texts is not None and random.prompts.train.texts[0] == "X X cat."
 
 
 def test_vision_prompts_follow_the_text_prompts(demo_teacher: LoadedClip) -> None:

@@ -140,7 +140,7 @@ def test_zero_valued_prompts_are_not_absent(student_clip: LoadedClip) -> None:
     with torch.no_grad():
         for parameter in [*method.vision.prompts.parameters(), *method.text.prompts.parameters()]:
             parameter.zero_()
-        image, text = method.encode_images(images()), method.encode_text(method.train_prompts)
+        image, text = method.encode_images(images()), method.encode_text(method.prompts.train)
     assert (image.shifts > 0).all() and (text.shifts > 0).all()
 
 
@@ -150,7 +150,7 @@ def test_untrained_ctx_init_text_prompt(student_clip: LoadedClip, reference: str
     the literal Eq. 6 reading still sees the effect of having context words at all."""
     method = build(student_clip, prompts__text_depth=1, restore__shift_reference=reference)
     with torch.no_grad():
-        shifts = method.encode_text(method.train_prompts).shifts
+        shifts = method.encode_text(method.prompts.train).shifts
     assert torch.equal(shifts, torch.zeros_like(shifts)) == zero
     assert zero or (shifts > 0).all()
 
@@ -160,7 +160,7 @@ def test_frozen_shift_is_relative_to_open_clips_own_blocks(student_clip: LoadedC
     excluded) and over the tokens after the context slots up to EOT (SOS and padding excluded)."""
     method = build(student_clip)
     model, x = method.backbone, images()
-    prompts = method.train_prompts
+    prompts = method.prompts.train
     with torch.no_grad():
         got_image, got_text = method.encode_images(x), method.encode_text(prompts)
         prompted_image = method.vision.forward_features(x, return_layers=True).layers
@@ -193,8 +193,8 @@ def test_surgery_coefficients_follow_eq_11(student_clip: LoadedClip) -> None:
     method = build(student_clip, restore__gamma=0.3, restore__beta=0.7, restore__surgery_zero_init=False)
     x = images()
     with torch.no_grad():
-        image, text = method.encode_images(x), method.encode_text(method.train_prompts)
-        raw_image, raw_text = method.vision(x), method.text(method.train_prompts)
+        image, text = method.encode_images(x), method.encode_text(method.prompts.train)
+        raw_image, raw_text = method.vision(x), method.text(method.prompts.train)
         torch.testing.assert_close(image.alpha, 0.3 * image.shifts.sum(1))
         torch.testing.assert_close(text.alpha, 0.7 * text.shifts.sum(1))
         torch.testing.assert_close(image.features,
@@ -264,7 +264,7 @@ def test_training_loss_pairs_layers_and_weights_l_fs(student_clip: LoadedClip, p
     batch = Batch(images(3), torch.tensor(labels), torch.arange(3))
     with torch.no_grad():
         step = method.training_forward(batch)
-        image, text = method.encode_images(batch.images).shifts, method.encode_text(method.train_prompts).shifts
+        image, text = method.encode_images(batch.images).shifts, method.encode_text(method.prompts.train).shifts
     expected = 0.0
     for v, t in zip([1, 2, 3], [0, 1, 2], strict=True):
         if pairing == "label":
