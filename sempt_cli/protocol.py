@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sempt_cli.errors import SemptError, SettingsError
@@ -121,6 +122,17 @@ class ParameterGroup:
     def default(self) -> bool:
         """Whether every rate comes from `train.*` (where a wrapper's own parameters can join)."""
         return self.lr is None and self.weight_decay is None and self.warmup_epochs is None
+
+
+def cross_entropy_head(labels: Tensor, weight: float = 1.0) -> Callable[[Tensor], LossOutput]:
+    """The head loss of a method trained with labels (`TrainingForward.head_loss`): `weight` × the cross-entropy
+    of the logits, taken in fp32 whatever the autocast dtype; its part "ce" stays unweighted."""
+
+    def head_loss(logits: Tensor) -> LossOutput:
+        ce = F.cross_entropy(logits.float(), labels)
+        return LossOutput(ce if weight == 1 else weight * ce, {"ce": ce.detach()})
+
+    return head_loss
 
 
 Classifier = Callable[[Tensor], Tensor]

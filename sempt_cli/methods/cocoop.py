@@ -54,7 +54,14 @@ from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS, PerClassList
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.prompted import CLASS_CHUNK, PROMPT_STD, ClassPrompts, PromptedTextTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
-from sempt_cli.protocol import Batch, Classifier, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.protocol import (
+    Batch,
+    Classifier,
+    Method,
+    TrainingForward,
+    cross_entropy_head,
+    register_method,
+)
 from sempt_cli.settings import Settings, SettingsSection
 
 SEQUENCE_BUDGET = CLASS_CHUNK
@@ -237,8 +244,4 @@ class CoCoOp(Method):
         image = self.image_embeddings(batch.images)
         text = self.class_embeddings_for(image, self.train_classnames)
 
-        def cross_entropy(logits: Tensor) -> LossOutput:
-            ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(ce, {"ce": ce.detach()})
-
-        return TrainingForward(image, text, cross_entropy)
+        return TrainingForward(image, text, cross_entropy_head(batch.labels))

@@ -67,7 +67,15 @@ from sempt_cli.models.prompted import (
     PromptSpec,
 )
 from sempt_cli.presets import Computed, PresetContext, Presets, Rule
-from sempt_cli.protocol import Batch, LossOutput, Method, ParameterGroup, TrainingForward, register_method
+from sempt_cli.protocol import (
+    Batch,
+    LossOutput,
+    Method,
+    ParameterGroup,
+    TrainingForward,
+    cross_entropy_head,
+    register_method,
+)
 from sempt_cli.settings import Settings, SettingsSection
 
 FEW_SHOT_60_EPOCHS = {"caltech101", "oxford_pets"}
@@ -398,11 +406,7 @@ class DPT(Method):
             extra = warm if extra is None else extra + warm
         weight = beta if guided else 1.0
 
-        def cross_entropy(logits: Tensor) -> LossOutput:
-            ce = F.cross_entropy(logits.float(), labels)
-            return LossOutput(weight * ce, {"ce": ce.detach()})
-
-        return TrainingForward(image, text, cross_entropy, extra)
+        return TrainingForward(image, text, cross_entropy_head(labels, weight), extra)
 
     # ------------------------------------------------------------------ pieces
     def zero_shot_image(self, images: Tensor) -> Tensor:

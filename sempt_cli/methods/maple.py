@@ -77,7 +77,7 @@ from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.official_layout import Geometry, Layout, TensorRule
 from sempt_cli.models.prompted import PROMPT_STD, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
-from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.protocol import Batch, Method, TrainingForward, cross_entropy_head, register_method
 from sempt_cli.settings import Settings
 
 MAPLE_PRESETS = Presets(
@@ -279,8 +279,4 @@ class MaPLe(Method):
         text = self.class_embeddings(self.train_classnames)
         image = self.image_embeddings(batch.images)
 
-        def cross_entropy(logits: Tensor) -> LossOutput:
-            ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(ce, {"ce": ce.detach()})
-
-        return TrainingForward(image, text, cross_entropy)
+        return TrainingForward(image, text, cross_entropy_head(batch.labels))

@@ -57,7 +57,7 @@ from sempt_cli.methods.common import DEMO_BATCH_AND_CROPS, PerClassList
 from sempt_cli.models.factory import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.prompted import BlockHook, ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
-from sempt_cli.protocol import Batch, LossOutput, Method, TrainingForward, register_method
+from sempt_cli.protocol import Batch, Method, TrainingForward, cross_entropy_head, register_method
 from sempt_cli.settings import Settings, SettingsSection
 
 
@@ -241,8 +241,4 @@ class MMA(Method):
         text = self.class_embeddings(self.train_classnames)
         image = self.image_embeddings(batch.images)
 
-        def cross_entropy(logits: Tensor) -> LossOutput:
-            ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(ce, {"ce": ce.detach()})
-
-        return TrainingForward(image, text, cross_entropy)
+        return TrainingForward(image, text, cross_entropy_head(batch.labels))

@@ -42,7 +42,7 @@ from sempt_cli.models.identity import backbone_identity
 from sempt_cli.models.official_layout import Kind, Layout, PromptStack
 from sempt_cli.models.prompted import PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
-from sempt_cli.protocol import Batch, LossOutput, Method, Role, TrainingForward, register_method
+from sempt_cli.protocol import Batch, LossOutput, Method, Role, TrainingForward, cross_entropy_head, register_method
 from sempt_cli.settings import Settings, SettingsSection
 
 FEW_SHOT_NARROW_GPA = {"stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat"}
@@ -173,12 +173,8 @@ class PromptSRC(Method):
         text = self.class_embeddings(self.train_classnames)
         image = self.image_embeddings(batch.images)
 
-        def cross_entropy(logits: Tensor) -> LossOutput:
-            ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(ce, {"ce": ce.detach()})
-
         extra = self._consistency(batch, image, text) if self.use_consistency else None
-        return TrainingForward(image, text, cross_entropy, extra)
+        return TrainingForward(image, text, cross_entropy_head(batch.labels), extra)
 
     def frozen_text(self) -> Tensor:
         """t_zs, the frozen text features over 60 templates: needed by training only, so they are encoded (or read

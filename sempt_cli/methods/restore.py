@@ -71,7 +71,7 @@ from sempt_cli.methods.promptsrc import IVLP
 from sempt_cli.models.factory import LoadedClip
 from sempt_cli.models.prompted import ClassPrompts, PromptedTextTower, PromptedVisionTower, PromptSpec
 from sempt_cli.presets import Presets, Rule
-from sempt_cli.protocol import Batch, LossOutput, TrainingForward, register_method
+from sempt_cli.protocol import Batch, LossOutput, TrainingForward, cross_entropy_head, register_method
 from sempt_cli.settings import Settings, SettingsSection
 
 
@@ -264,15 +264,12 @@ class Restore(IVLP):
         text = self.encode_text(self.prompts.train)
         image = self.encode_images(batch.images)
 
-        def cross_entropy(logits: Tensor) -> LossOutput:
-            ce = F.cross_entropy(logits.float(), batch.labels)
-            return LossOutput(ce, {"ce": ce.detach()})
-
         labels = batch.labels if self.hyper.fs_pairing == "label" else None
         l_fs = feature_shift_loss(image.shifts[:, self.vision_pairs], text.shifts[:, self.text_pairs], labels)
         extra = LossOutput(self.hyper.fs_weight * l_fs, {"fs": l_fs.detach()})
         return TrainingForward(
-            F.normalize(image.features, dim=-1), F.normalize(text.features, dim=-1), cross_entropy, extra
+            F.normalize(image.features, dim=-1), F.normalize(text.features, dim=-1), cross_entropy_head(batch.labels),
+            extra,
         )
 
     # ------------------------------------------------------------------ towers with feature shift
