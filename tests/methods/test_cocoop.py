@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from sempt_cli.errors import SemptError
 from sempt_cli.methods.cocoop import CoCoOp
 from sempt_cli.methods.sempt import AttributeBank, SemPT
-from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
+from sempt_cli.models import DEMO_STUDENT, LoadedClip
 from sempt_cli.protocol import Batch, Method
 from sempt_cli.settings import SemptHyperParameters, Settings, load_settings
 
@@ -24,12 +24,6 @@ CLASSES = ["cat", "golden_retriever", "bird", "sea turtle", "fire truck"]
 
 def settings(**values: object) -> Settings:
     return load_settings({"data.dataset": "oxford_pets", **values}, env={}).settings
-
-
-@pytest.fixture(scope="module")
-def b16() -> LoadedClip:
-    torch.manual_seed(1)
-    return load_clip("ViT-B-16-quickgelu", None)
 
 
 def cocoop(clip: LoadedClip, classes: Sequence[str] = CLASSES, **values: object) -> CoCoOp:

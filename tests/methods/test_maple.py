@@ -33,12 +33,6 @@ def settings(depth: int = 9, length: int = 2, values: Mapping[str, object] | Non
 
 
 @pytest.fixture(scope="module")
-def b16() -> LoadedClip:
-    torch.manual_seed(1)
-    return load_clip("ViT-B-16-quickgelu", None)
-
-
-@pytest.fixture(scope="module")
 def demo_teacher() -> LoadedClip:
     """6 vision / 4 text blocks: room for prompts that stop before the last block in both towers."""
     torch.manual_seed(4)

@@ -24,7 +24,7 @@ from sempt_cli.engine import step as step_module
 from sempt_cli.errors import SemptError
 from sempt_cli.methods.mma import MMA
 from sempt_cli.methods.sempt import AttributeBank, SemPT
-from sempt_cli.models import DEMO_STUDENT, LoadedClip, load_clip
+from sempt_cli.models import DEMO_STUDENT, LoadedClip
 from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.protocol import Batch
 from sempt_cli.settings import Settings, fields, load_settings
@@ -37,12 +37,6 @@ CLASSES = ["cat", "dog", "bird"]
 
 def settings(**values: object) -> Settings:
     return load_settings({"data.dataset": "oxford_pets", **values}, env={}).settings
-
-
-@pytest.fixture(scope="module")
-def b16() -> LoadedClip:
-    torch.manual_seed(1)
-    return load_clip("ViT-B-16-quickgelu", None)
 
 
 # ---------------------------------------------------------------------- the official code, restated

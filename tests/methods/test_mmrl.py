@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from sempt_cli.methods.mmrl import MMRL, REG_WEIGHTS
 from sempt_cli.methods.sempt import AttributeBank, SemPT
-from sempt_cli.models import LoadedClip, load_clip
+from sempt_cli.models import LoadedClip
 from sempt_cli.protocol import Batch
 from sempt_cli.settings import Settings, load_settings
 from tests.blocks import block_inputs
@@ -19,12 +19,6 @@ CLASSES = ["cat", "dog", "bird"]
 
 def settings(**values: object) -> Settings:
     return load_settings({"data.dataset": "oxford_pets", **values}, env={}).settings
-
-
-@pytest.fixture(scope="module")
-def b16() -> LoadedClip:
-    torch.manual_seed(1)
-    return load_clip("ViT-B-16-quickgelu", None)
 
 
 @pytest.fixture()
