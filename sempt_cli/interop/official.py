@@ -100,10 +100,13 @@ OFFICIAL_FOLDERS: dict[str, tuple[str, str | None]] = {
 
 SETTING_FOLDERS = {"base2new": "base2novel", "base2novel": "base2novel", "fewshot": "few-shot",
                    "crossdataset": "cross-dataset", "xd": "cross-dataset", "crossdomain": "cross-domain",
-                   "vitb16crossdatasets": "cross-dataset", "vitb16fewshot": "few-shot"}
-"""Folder names of the official output layouts (`output/base2new/train_base/<dataset>/...`) and their setting.
-MMRL's cross-dataset runs sit under `output/base2new/...`: their config folder (`vit_b16_cross_datasets`), deeper
-in the path and so read first, says what they are."""
+                   "vitb16fewshot": "few-shot"}
+"""Folder names of the official output layouts (`output/base2new/train_base/<dataset>/...`) and their setting."""
+
+CROSS_DATASET_CONFIG = "crossdatasets"
+"""In a config folder's name, the mark of a cross-dataset run (MMRL's `vit_b16_cross_datasets`, MaPLe's
+`vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots`). MMRL's cross-dataset runs sit under `output/base2new/...`:
+their config folder, deeper in the path and so read first, says what they are."""
 
 _SEARCH_DEPTH = 8  # output/base2new/train_base/<dataset>/shots_16/<trainer>/<cfg>/seed1/VLPromptLearner/<file>
 
@@ -129,6 +132,8 @@ def dataset_from_path(path: str | Path) -> tuple[str | None, str | None]:
                 dataset = found if found != DEMO_KEY else None
         if setting is None and key in SETTING_FOLDERS:
             setting = SETTING_FOLDERS[key]
+        elif setting is None and CROSS_DATASET_CONFIG in key:
+            setting = "cross-dataset"
     return dataset, setting
 
 

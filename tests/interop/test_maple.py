@@ -136,7 +136,7 @@ def test_export_folders_are_the_scripts_model_dirs(
     `<dir>/MultiModalPromptLearner/model.pth.tar-<load-epoch>` (5 and 2)."""
     path = maple_folder(dataset, setting, shots, seed, epoch)
     assert path == Path("output") / expected / MODEL_NAME / f"model.pth.tar-{epoch}"
-    assert dataset_from_path(path)[0] == dataset
+    assert dataset_from_path(path) == (dataset, setting)  # so its import needs no --setting
     assert run_from_path(path) == ({"data.shots": shots, "data.seed": seed} if setting != "cross-dataset"
                                    else {"data.seed": seed})  # `16shots` is not a shots folder of its own
 
