@@ -5,7 +5,6 @@ gradients; the official trainable part; where the adapters sit; presets; SemPT o
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._dynamo.utils import counters
 from typer.testing import CliRunner
 
 import sempt_cli.methods.mma as mma_module
 from sempt_cli.cli.app import app
-from sempt_cli.engine import step as step_module
 from sempt_cli.errors import SemptError
 from sempt_cli.methods.mma import MMA
 from sempt_cli.methods.sempt import AttributeBank, SemPT
@@ -29,8 +26,6 @@ from sempt_cli.models.checkpoint import load_learned
 from sempt_cli.protocol import Batch
 from sempt_cli.settings import Settings, fields, load_settings
 from tests.blocks import block_outputs
-from tests.methods.test_compiled_step import CLASSES as COMPILE_CLASSES
-from tests.methods.test_compiled_step import _train as train_steps
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -283,23 +278,6 @@ def test_presets_follow_the_official_configs() -> None:
     demo = preset("sempt-demo-teacher", **{"data.dataset": "demo"})
     assert (demo["model.backbone"], demo["mma.start_layer"], demo["mma.end_layer"]) == (DEMO_STUDENT, 2, 3)
     assert (demo["train.lr"], demo["train.epochs"], demo["data.batch_size"]) == (0.05, 5, 16)
-
-
-def test_compiled_step_trains_like_eager(demo_student: LoadedClip, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The gradient-scale function and the block hooks compile without graph breaks (CUDA's default step mode)."""
-    monkeypatch.setattr(step_module, "BACKEND", "aot_eager")
-    torch._dynamo.reset()
-    values = {"mma.start_layer": 2, "mma.end_layer": 3, "mma.scale": 0.01}
-    torch.manual_seed(11)
-    eager = MMA(copy.deepcopy(demo_student), COMPILE_CLASSES, settings(**values))
-    torch.manual_seed(11)
-    compiled = MMA(copy.deepcopy(demo_student), COMPILE_CLASSES, settings(**values))
-    eager_losses, compiled_losses = train_steps(eager, False), train_steps(compiled, True)
-    assert eager_losses[0] != eager_losses[-1]
-    torch.testing.assert_close(torch.tensor(compiled_losses), torch.tensor(eager_losses), rtol=1e-4, atol=1e-5)
-    for name, value in compiled.trainable_state().items():
-        torch.testing.assert_close(value, eager.trainable_state()[name], rtol=1e-4, atol=1e-5, msg=name)
-    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 # ---------------------------------------------------------------------- SemPT on top
