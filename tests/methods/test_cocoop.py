@@ -206,6 +206,3 @@ def test_sempt_hybrid_scores_seen_classes_by_cocoops_own_rule(demo_student: Load
     torch.testing.assert_close(got[:, :3], own[:, :3])
     torch.testing.assert_close(got[:, 3:], enhanced)
     assert not torch.allclose(got[:, 3:], own[:, 3:])
-
-
-# ------------------------------------------------------------------------------------------------ compiled step
