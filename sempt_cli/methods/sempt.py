@@ -349,22 +349,19 @@ class SemPT(Method):
         if not bool(chosen.any()):
             return self.base.classifier(classnames, in_domain=in_domain)
         base = None if bool(chosen.all()) else self.base.classifier(classnames, in_domain=in_domain)
+        device = self.fusion.fc1.weight.device
+        enhanced = chosen.nonzero().flatten().to(device)
+        chosen_attributes = self._attributes_for(classnames).to(device)[enhanced]
+        attribute_part = self.fusion.project_attributes(chosen_attributes)
         if self.class_side_needs_images:
-            device = self.fusion.fc1.weight.device
-            enhanced = chosen.nonzero().flatten().to(device)
-            chosen_attributes = self._attributes_for(classnames).to(device)[enhanced]
             names = [classnames[i] for i in enhanced.tolist()]
-            attribute_part = self.fusion.project_attributes(chosen_attributes)
 
             def side(image: Tensor) -> tuple[Tensor, ProjectedClasses]:
                 labels = self.class_embeddings_for(image, names)
                 return labels, ProjectedClasses(self.fusion.project_labels(labels), attribute_part)
         else:
-            labels = self.class_embeddings(classnames)
-            enhanced = chosen.nonzero().flatten().to(labels.device)
-            all_rows = self._attributes_for(classnames).to(labels.device)
-            chosen_labels, chosen_attributes = labels[enhanced], all_rows[enhanced]
-            projected = self.fusion.project(chosen_labels, chosen_attributes)
+            chosen_labels = self.class_embeddings(classnames)[enhanced]
+            projected = ProjectedClasses(self.fusion.project_labels(chosen_labels), attribute_part)
 
             def side(image: Tensor) -> tuple[Tensor, ProjectedClasses]:
                 return chosen_labels, projected
